@@ -1,0 +1,33 @@
+"""rexomni: detection by next-point prediction.
+
+The core (codecs, output grammar, prompts, tokens) imports only numpy at import time; torch and
+transformers are imported where a model is built or loaded.
+"""
+
+from .codec import CODECS, CoordCodec, get_codec
+from .grammar import Item, ParsedOutput, format_answer, format_keypoints, parse_output
+from .prompts import (
+    ANIMAL_KEYPOINTS,
+    HAND_KEYPOINTS,
+    KEYPOINT_NAMES,
+    PERSON_KEYPOINTS,
+    SYSTEM_PROMPT,
+    TASKS,
+    TEMPLATES,
+    TRAIN_POOLS,
+    build_messages,
+    build_prompt,
+    negative_conditioning,
+    sample_template,
+    visual_prompt_json,
+)
+from .tokens import TokenIds, decode_answer, grow_embeddings, prepare_tokenizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ANIMAL_KEYPOINTS", "CODECS", "CoordCodec", "HAND_KEYPOINTS", "Item", "KEYPOINT_NAMES", "PERSON_KEYPOINTS",
+    "ParsedOutput", "SYSTEM_PROMPT", "TASKS", "TEMPLATES", "TRAIN_POOLS", "TokenIds", "build_messages",
+    "build_prompt", "decode_answer", "format_answer", "format_keypoints", "get_codec", "grow_embeddings",
+    "negative_conditioning", "parse_output", "prepare_tokenizer", "sample_template", "visual_prompt_json",
+]

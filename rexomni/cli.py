@@ -1,0 +1,61 @@
+"""The `rexomni` command line.
+
+The core commands live here; the others belong to the training, data and evaluation packages and
+are imported only when their subcommand is called, so `rexomni detect` never imports DeepSpeed.
+Each such package exposes ``main(argv) -> int`` in its ``cli`` module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module with main(argv), one-line help)
+EXTERNAL_COMMANDS = {
+    "data": ("rexomni.data_engines.cli", "generate synthetic scenes, convert and mix data sets"),
+    "eval": ("rexomni.eval.cli", "score a model or a predictions file on benchmarks"),
+    "sft": ("rexomni.sft.cli", "supervised fine-tuning"),
+    "grpo": ("rexomni.grpo.cli", "reinforcement learning with geometry-aware rewards"),
+}
+
+# subcommand -> (module with main(argv), one-line help) for commands of the core package
+CORE_COMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def _usage() -> str:
+    lines = ["usage: rexomni COMMAND [ARGS...]", "", "commands:"]
+    for name, (_, help_text) in {**CORE_COMMANDS, **EXTERNAL_COMMANDS}.items():
+        lines.append(f"  {name:<8} {help_text}")
+    lines.append("")
+    lines.append("Run `rexomni COMMAND --help` for the options of one command.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from . import __version__
+
+        print(f"rexomni {__version__}")
+        return 0
+    command, rest = argv[0], argv[1:]
+    commands = {**CORE_COMMANDS, **EXTERNAL_COMMANDS}
+    if command not in commands:
+        print(f"rexomni: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(commands[command][0])
+    return int(module.main(rest) or 0)
+
+
+def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """A parser for one subcommand, named as users type it (``rexomni detect``)."""
+    return argparse.ArgumentParser(prog=f"rexomni {prog}", description=description,
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,372 @@
+"""The output grammar: objects -> answer text, and a parser that reads any string as far as it goes.
+
+    answer := group (", " group)*
+    group  := <|object_ref_start|> PHRASE <|object_ref_end|> <|box_start|> (items | "None") <|box_end|>
+    items  := item ("," item)*       item := 4 tokens (box) | 2 (point) | 6+ even (polygon)
+
+Keypoint answers are a ```json block, one key per instance, each with ``bbox`` and ``keypoints``
+(name -> " <x> <y> " or "unvisible"). See docs/format.md.
+
+The parser never raises: it returns what it could read and a list of short problems. Every
+coordinate it returns lies inside the image, because bins are clamped before decoding.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from .codec import CoordCodec, get_codec
+from .tokens import BOX_END, BOX_START, END_OF_TEXT, IM_END, OBJECT_REF_END, OBJECT_REF_START, coord_token
+
+KINDS = ("box", "point", "polygon", "keypoints")
+MAX_PROBLEMS = 20
+UNVISIBLE = "unvisible"
+
+_MARKER = re.compile("|".join(re.escape(t) for t in (OBJECT_REF_START, OBJECT_REF_END, BOX_START, BOX_END)))
+_STOP = re.compile(re.escape(IM_END) + "|" + re.escape(END_OF_TEXT))
+# Inside a group: a coordinate token, a separator, the word None, or anything else (stray text).
+_CONTENT = re.compile(r"<(\d{1,9})>|,|None|[^<,\s]+|<")
+_COORD = re.compile(r"<(\d{1,9})>")
+_JSON_FENCE = re.compile(r"```(?:json)?\s*(.*?)(?:```|$)", re.S)
+_KP_INSTANCE = re.compile(r'"([^"{}]+)"\s*:\s*\{\s*"bbox"\s*:\s*"([^"]*)"')
+_KP_PAIR = re.compile(r'"([^"{}]+)"\s*:\s*"([^"]*)"')
+
+
+@dataclass
+class Item:
+    """One answer item, in pixels of the original image.
+
+    ``coords``: box ``[x0, y0, x1, y1]``, point ``[x, y]``, polygon ``[[x, y], ...]``, keypoints the
+    instance box. ``bins`` are the integers as written, ``span`` the character span of the item's
+    coordinate tokens in the parsed text (used to find the tokens that wrote it).
+    """
+
+    kind: str
+    coords: list
+    bins: list[int]
+    span: tuple[int, int]
+    keypoints: dict[str, list[float] | None] | None = None
+
+
+@dataclass
+class ParsedOutput:
+    """``phrases`` maps each phrase to its items (an empty list: asked and absent)."""
+
+    phrases: dict[str, list[Item]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def items(self) -> Iterator[tuple[str, Item]]:
+        for phrase, items in self.phrases.items():
+            for item in items:
+                yield phrase, item
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "phrases": {p: [asdict(i) for i in items] for p, items in self.phrases.items()},
+            "problems": list(self.problems),
+        }
+
+    def _add(self, phrase: str, items: list[Item]) -> None:
+        self.phrases.setdefault(phrase, []).extend(items)
+
+    def _problem(self, message: str) -> None:
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(message)
+        elif len(self.problems) == MAX_PROBLEMS:
+            self.problems.append("more problems not listed")
+
+
+# --------------------------------------------------------------------------- serializer
+
+
+def _geometry(obj: dict, kind: str | None) -> tuple[str, list]:
+    if kind is None:
+        kind = next((k for k, key in (("box", "bbox"), ("point", "point"), ("polygon", "polygon")) if obj.get(key) is not None), None)
+        if kind is None:
+            raise ValueError(f"object {obj.get('phrase')!r} has none of bbox, point, polygon")
+    key = {"box": "bbox", "point": "point", "polygon": "polygon"}[kind]
+    if obj.get(key) is None:
+        raise ValueError(f"object {obj.get('phrase')!r} has no {key!r} to write as a {kind}")
+    return kind, obj[key]
+
+
+def encode_item(geometry, width: float, height: float, codec: CoordCodec) -> list[int]:
+    """Pixels (flat or ``[[x, y], ...]``) -> bins as a flat list."""
+    flat = np.asarray(geometry, dtype=np.float64).reshape(-1)
+    return codec.encode(flat, width, height).tolist()
+
+
+def coords_text(bins: Iterable[int]) -> str:
+    return "".join(coord_token(b) for b in bins)
+
+
+def _sort_key(kind: str, bins: list[int]) -> tuple[int, int]:
+    if kind == "polygon":
+        return min(bins[0::2]), min(bins[1::2])
+    return bins[0], bins[1]
+
+
+def format_answer(objects: Iterable[dict], width: float, height: float, codec: str | CoordCodec = "center",
+                  phrases: Iterable[str] | None = None, kind: str | None = None) -> str:
+    """Sample-schema objects -> the answer text.
+
+    Groups follow ``phrases`` (the asked phrases, in order; one without objects is written
+    ``None``), else the order of first appearance. Instances of a phrase are sorted by x0, then
+    y0. ``kind`` forces box, point or polygon; by default an object's bbox, else point, else polygon.
+    """
+    codec = get_codec(codec)
+    groups: dict[str, list[tuple[tuple[int, int], list[int]]]] = {p: [] for p in (phrases or [])}
+    for obj in objects:
+        phrase = obj["phrase"]
+        if phrases is not None and phrase not in groups:
+            raise ValueError(f"object phrase {phrase!r} is not among the asked phrases {list(groups)}")
+        item_kind, geometry = _geometry(obj, kind)
+        bins = encode_item(geometry, width, height, codec)
+        if item_kind == "box" and len(bins) != 4 or item_kind == "point" and len(bins) != 2:
+            raise ValueError(f"object {phrase!r}: a {item_kind} needs {4 if item_kind == 'box' else 2} numbers, got {len(bins)}")
+        groups.setdefault(phrase, []).append((_sort_key(item_kind, bins), bins))
+    parts = []
+    for phrase, entries in groups.items():
+        body = ",".join(coords_text(b) for _, b in sorted(entries, key=lambda e: e[0])) if entries else "None"
+        parts.append(f"{OBJECT_REF_START}{phrase}{OBJECT_REF_END}{BOX_START}{body}{BOX_END}")
+    return ", ".join(parts)
+
+
+def format_keypoints(objects: Iterable[dict], width: float, height: float, keypoint_names: list[str],
+                     codec: str | CoordCodec = "center") -> str:
+    """Objects with ``bbox`` and ``keypoints`` -> the ```json answer the released weights write.
+
+    A keypoint that is missing, None, or ``[x, y, v]`` with ``v == 0`` is written "unvisible".
+    """
+    codec = get_codec(codec)
+    counts: dict[str, int] = {}
+    answer = {}
+    for obj in sorted(objects, key=lambda o: (o["bbox"][0], o["bbox"][1])):
+        counts[obj["phrase"]] = counts.get(obj["phrase"], 0) + 1
+        spaced = lambda bins: " " + " ".join(coord_token(b) for b in bins) + " "  # noqa: E731
+        points = {}
+        for name in keypoint_names:
+            p = (obj.get("keypoints") or {}).get(name)
+            visible = p is not None and (len(p) < 3 or p[2] > 0)
+            points[name] = spaced(encode_item(p[:2], width, height, codec)) if visible else UNVISIBLE
+        answer[f"{obj['phrase']}{counts[obj['phrase']]}"] = {
+            "bbox": spaced(encode_item(obj["bbox"], width, height, codec)),
+            "keypoints": points,
+        }
+    return "```json\n" + json.dumps(answer, ensure_ascii=False) + "\n```"
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def parse_output(text: Any, width: float, height: float, codec: str | CoordCodec = "center") -> ParsedOutput:
+    """Read an answer (see the module docstring). Never raises on any ``text``."""
+    out = ParsedOutput()
+    try:
+        codec = get_codec(codec)
+        if not (width > 0 and height > 0):
+            raise ValueError(f"image size must be positive, got {width}x{height}")
+    except (ValueError, TypeError) as e:  # a bad size or codec is the caller's error: say so, once
+        out._problem(f"cannot parse: {e}")
+        return out
+    if not isinstance(text, str):
+        out._problem(f"answer is a {type(text).__name__}, not a string")
+        return out
+    stop = _STOP.search(text)
+    if stop:
+        if text[stop.end():].strip(" \n" + IM_END + END_OF_TEXT):
+            out._problem("text after the end of the answer ignored")
+        text = text[: stop.start()]
+    if not text.strip():
+        out._problem("empty answer")
+        return out
+    reader = _Reader(text, width, height, codec, out)
+    if '"bbox"' in text and ("```" in text or '"keypoints"' in text):
+        reader.keypoints()
+    elif _MARKER.search(text):
+        reader.groups()
+    else:
+        reader.without_markers()
+    return out
+
+
+class _Reader:
+    def __init__(self, text: str, width: float, height: float, codec: CoordCodec, out: ParsedOutput):
+        self.text, self.width, self.height, self.codec, self.out = text, width, height, codec, out
+
+    # ---- grouped answers
+    def groups(self) -> None:
+        text, out = self.text, self.out
+        phrase, phrase_start, content_start, last_end = None, None, None, 0
+        for m in _MARKER.finditer(text):
+            marker = m.group()
+            if marker == OBJECT_REF_START:
+                if content_start is not None:
+                    out._problem(f"group {phrase!r} not closed")
+                    self.content(phrase, content_start, m.start(), truncated=True)
+                    content_start = None
+                elif phrase_start is not None:
+                    out._problem("phrase not closed")
+                self._stray(last_end, m.start())
+                phrase, phrase_start = None, m.end()
+            elif marker == OBJECT_REF_END:
+                if phrase_start is None:
+                    out._problem("phrase end without start")
+                    phrase = self.text[last_end:m.start()].strip(" ,")
+                else:
+                    phrase = text[phrase_start:m.start()].strip()
+                phrase_start, last_end = None, m.end()
+            elif marker == BOX_START:
+                if content_start is not None:
+                    out._problem(f"group {phrase!r} not closed")
+                    self.content(phrase, content_start, m.start(), truncated=True)
+                elif phrase is None:
+                    out._problem("coordinates without a phrase")
+                    self._stray(last_end, m.start())
+                    phrase = ""
+                content_start = m.end()
+            else:  # BOX_END
+                if content_start is None:
+                    out._problem("box end without start")
+                else:
+                    self.content(phrase, content_start, m.start(), truncated=False)
+                phrase, content_start, last_end = None, None, m.end()
+        if content_start is not None:
+            out._problem(f"truncated group {phrase!r}")
+            self.content(phrase, content_start, len(text), truncated=True)
+        elif phrase_start is not None or phrase is not None:
+            out._problem("truncated phrase")
+        else:
+            self._stray(last_end, len(text))
+
+    def _stray(self, start: int, end: int) -> None:
+        stray = self.text[start:end].strip(" ,\n")
+        if stray:
+            self.out._problem(f"stray text {stray[:30]!r}")
+
+    def content(self, phrase: str | None, start: int, end: int, truncated: bool) -> None:
+        """Items between ``start`` and ``end``; a final incomplete item of a truncated group is dropped."""
+        phrase = phrase or ""
+        items, current, saw_none = [], [], False
+        for m in _CONTENT.finditer(self.text, start, end):
+            token = m.group()
+            if m.group(1) is not None:
+                current.append((int(m.group(1)), m.start(), m.end()))
+            elif token == ",":
+                self._close_item(phrase, current, items, last=False)
+                current = []
+            elif token == "None":
+                saw_none = True
+            else:
+                self.out._problem(f"stray text {token[:30]!r} in group {phrase!r}")
+        self._close_item(phrase, current, items, last=truncated)
+        if saw_none and items:
+            self.out._problem(f"None next to coordinates in group {phrase!r}")
+        if not items and not saw_none and not truncated:
+            self.out._problem(f"empty group {phrase!r}")
+        self.out._add(phrase, items)
+
+    def _close_item(self, phrase: str, tokens: list, items: list, last: bool) -> None:
+        if not tokens:
+            return
+        n = len(tokens)
+        kind = "box" if n == 4 else "point" if n == 2 else "polygon" if n >= 6 and n % 2 == 0 else None
+        if kind is None:
+            self.out._problem(f"{'truncated item' if last else f'item with {n} coordinates'} in group {phrase!r} dropped")
+            return
+        items.append(self.item(kind, [t[0] for t in tokens], (tokens[0][1], tokens[-1][2]), phrase))
+
+    def item(self, kind: str, bins: list[int], span: tuple[int, int], phrase: str) -> Item:
+        top = self.codec.num_bins - 1
+        if max(bins) > top:
+            self.out._problem(f"coordinate above {top} clamped in group {phrase!r}")
+        coords = self.codec.decode(np.asarray(bins), self.width, self.height).tolist()
+        if kind in ("box", "keypoints"):
+            if coords[2] < coords[0] or coords[3] < coords[1]:
+                self.out._problem(f"box with x1 < x0 or y1 < y0 reordered in group {phrase!r}")
+                x0, x1 = sorted((coords[0], coords[2]))
+                y0, y1 = sorted((coords[1], coords[3]))
+                coords = [x0, y0, x1, y1]
+        elif kind == "polygon":
+            coords = [coords[i : i + 2] for i in range(0, len(coords), 2)]
+        return Item(kind, coords, bins, span)
+
+    # ---- answers whose special tokens were skipped: "person<1><2><3><4>,<5>..., dogNone"
+    def without_markers(self) -> None:
+        text, out = self.text, self.out
+        coords = list(_COORD.finditer(text))
+        if not coords:
+            out._problem(f"no coordinates in {text.strip()[:30]!r}")
+            return
+        out._problem("no group markers; read without them")
+        runs, run = [], [coords[0]]
+        for prev, m in zip(coords, coords[1:]):
+            gap = text[prev.end():m.start()]
+            if gap.strip(" ,") or gap.count(",") > 1:
+                runs.append(run)
+                run = []
+            run.append(m)
+        runs.append(run)
+        last_end = 0
+        for run in runs:
+            phrase = self._phrases_before(text[last_end:run[0].start()])
+            start = run[0].start()
+            last_end = run[-1].end()
+            self.content(phrase, start, last_end, truncated=False)
+        self._phrases_before(text[last_end:])
+
+    def _phrases_before(self, gap: str) -> str:
+        """Absent phrases ("dogNone") in a gap are recorded; the rest names the next run."""
+        parts = gap.split("None")
+        for absent in parts[:-1]:
+            name = absent.strip(" ,")
+            if name:
+                self.out._add(name, [])
+        return parts[-1].strip(" ,")
+
+    # ---- keypoint answers
+    def keypoints(self) -> None:
+        fence = _JSON_FENCE.search(self.text)
+        body = fence.group(1) if fence else self.text
+        try:
+            data = json.loads(body)
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
+            instances = [(k, v.get("bbox"), v.get("keypoints")) for k, v in data.items() if isinstance(v, dict)]
+        except ValueError:
+            self.out._problem("keypoint JSON incomplete; read instance by instance")
+            instances = self._scan_instances(body)
+        for name, bbox, points in instances:
+            self._keypoint_instance(name, bbox, points if isinstance(points, dict) else {})
+
+    @staticmethod
+    def _scan_instances(body: str) -> list:
+        found = list(_KP_INSTANCE.finditer(body))
+        instances = []
+        for m, nxt in zip(found, found[1:] + [None]):
+            region = body[m.end(): nxt.start() if nxt else len(body)]
+            instances.append((m.group(1), m.group(2), dict(_KP_PAIR.findall(region))))
+        return instances
+
+    def _keypoint_instance(self, name: str, bbox: Any, points: dict) -> None:
+        phrase = re.sub(r"[\s_]*\d+$", "", str(name)) or str(name)
+        box_bins = [int(b) for b in _COORD.findall(bbox)] if isinstance(bbox, str) else []
+        if len(box_bins) != 4:
+            self.out._problem(f"keypoint instance {name!r} without a 4-number bbox dropped")
+            return
+        item = self.item("keypoints", box_bins, (0, 0), phrase)
+        item.keypoints = {}
+        for joint, value in points.items():
+            bins = [int(b) for b in _COORD.findall(value)] if isinstance(value, str) else []
+            if len(bins) == 2:
+                item.keypoints[joint] = self.codec.decode(np.asarray(bins), self.width, self.height).tolist()
+            else:
+                if not (isinstance(value, str) and value.strip() == UNVISIBLE):
+                    self.out._problem(f"keypoint {joint!r} of {name!r} unreadable")
+                item.keypoints[joint] = None
+        self.out._add(phrase, [item])
