@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +33,8 @@ _STOP = re.compile(re.escape(IM_END) + "|" + re.escape(END_OF_TEXT))
 # Inside a group: a coordinate token, a separator, the word None, or anything else (stray text).
 _CONTENT = re.compile(r"<(\d{1,9})>|,|None|[^<,\s]+|<")
 _COORD = re.compile(r"<(\d{1,9})>")
+# A group body as the grammar writes it: items of 3-digit coordinate tokens joined by plain commas.
+_CLEAN_ITEMS = re.compile(r"(?:<\d{1,3}>)+(?:,(?:<\d{1,3}>)+)*")
 _JSON_FENCE = re.compile(r"```(?:json)?\s*(.*?)(?:```|$)", re.S)
 _KP_INSTANCE = re.compile(r'"([^"{}]+)"\s*:\s*\{\s*"bbox"\s*:\s*"([^"]*)"')
 _KP_PAIR = re.compile(r'"([^"{}]+)"\s*:\s*"([^"]*)"')
@@ -86,7 +89,10 @@ class ParsedOutput:
 
 def _geometry(obj: dict, kind: str | None) -> tuple[str, list]:
     if kind is None:
-        kind = next((k for k, key in (("box", "bbox"), ("point", "point"), ("polygon", "polygon")) if obj.get(key) is not None), None)
+        kind = next(
+            (k for k, key in (("box", "bbox"), ("point", "point"), ("polygon", "polygon")) if obj.get(key) is not None),
+            None,
+        )
         if kind is None:
             raise ValueError(f"object {obj.get('phrase')!r} has none of bbox, point, polygon")
     key = {"box": "bbox", "point": "point", "polygon": "polygon"}[kind]
@@ -111,8 +117,14 @@ def _sort_key(kind: str, bins: list[int]) -> tuple[int, int]:
     return bins[0], bins[1]
 
 
-def format_answer(objects: Iterable[dict], width: float, height: float, codec: str | CoordCodec = "center",
-                  phrases: Iterable[str] | None = None, kind: str | None = None) -> str:
+def format_answer(
+    objects: Iterable[dict],
+    width: float,
+    height: float,
+    codec: str | CoordCodec = "center",
+    phrases: Iterable[str] | None = None,
+    kind: str | None = None,
+) -> str:
     """Sample-schema objects -> the answer text.
 
     Groups follow ``phrases`` (the asked phrases, in order; one without objects is written
@@ -128,7 +140,9 @@ def format_answer(objects: Iterable[dict], width: float, height: float, codec: s
         item_kind, geometry = _geometry(obj, kind)
         bins = encode_item(geometry, width, height, codec)
         if item_kind == "box" and len(bins) != 4 or item_kind == "point" and len(bins) != 2:
-            raise ValueError(f"object {phrase!r}: a {item_kind} needs {4 if item_kind == 'box' else 2} numbers, got {len(bins)}")
+            raise ValueError(
+                f"object {phrase!r}: a {item_kind} needs {4 if item_kind == 'box' else 2} numbers, got {len(bins)}"
+            )
         groups.setdefault(phrase, []).append((_sort_key(item_kind, bins), bins))
     parts = []
     for phrase, entries in groups.items():
@@ -137,8 +151,9 @@ def format_answer(objects: Iterable[dict], width: float, height: float, codec: s
     return ", ".join(parts)
 
 
-def format_keypoints(objects: Iterable[dict], width: float, height: float, keypoint_names: list[str],
-                     codec: str | CoordCodec = "center") -> str:
+def format_keypoints(
+    objects: Iterable[dict], width: float, height: float, keypoint_names: list[str], codec: str | CoordCodec = "center"
+) -> str:
     """Objects with ``bbox`` and ``keypoints`` -> the ```json answer the released weights write.
 
     A keypoint that is missing, None, or ``[x, y, v]`` with ``v == 0`` is written "unvisible".
@@ -148,7 +163,7 @@ def format_keypoints(objects: Iterable[dict], width: float, height: float, keypo
     answer = {}
     for obj in sorted(objects, key=lambda o: (o["bbox"][0], o["bbox"][1])):
         counts[obj["phrase"]] = counts.get(obj["phrase"], 0) + 1
-        spaced = lambda bins: " " + " ".join(coord_token(b) for b in bins) + " "  # noqa: E731
+        spaced = lambda bins: " " + " ".join(coord_token(b) for b in bins) + " "
         points = {}
         for name in keypoint_names:
             p = (obj.get("keypoints") or {}).get(name)
@@ -179,7 +194,7 @@ def parse_output(text: Any, width: float, height: float, codec: str | CoordCodec
         return out
     stop = _STOP.search(text)
     if stop:
-        if text[stop.end():].strip(" \n" + IM_END + END_OF_TEXT):
+        if text[stop.end() :].strip(" \n" + IM_END + END_OF_TEXT):
             out._problem("text after the end of the answer ignored")
         text = text[: stop.start()]
     if not text.strip():
@@ -217,9 +232,9 @@ class _Reader:
             elif marker == OBJECT_REF_END:
                 if phrase_start is None:
                     out._problem("phrase end without start")
-                    phrase = self.text[last_end:m.start()].strip(" ,")
+                    phrase = self.text[last_end : m.start()].strip(" ,")
                 else:
-                    phrase = text[phrase_start:m.start()].strip()
+                    phrase = text[phrase_start : m.start()].strip()
                 phrase_start, last_end = None, m.end()
             elif marker == BOX_START:
                 if content_start is not None:
@@ -252,40 +267,50 @@ class _Reader:
     def content(self, phrase: str | None, start: int, end: int, truncated: bool) -> None:
         """Items between ``start`` and ``end``; a final incomplete item of a truncated group is dropped."""
         phrase = phrase or ""
-        items, current, saw_none = [], [], False
+        if not truncated and _CLEAN_ITEMS.fullmatch(self.text, start, end):  # the common case, fast
+            items, pos = [], start
+            for chunk in self.text[start:end].split(","):
+                self._close_item(phrase, [int(b) for b in _COORD.findall(chunk)], (pos, pos + len(chunk)), items, False)
+                pos += len(chunk) + 1
+            self.out._add(phrase, items)
+            return
+        items, bins, span, saw_none = [], [], None, False
         for m in _CONTENT.finditer(self.text, start, end):
             token = m.group()
             if m.group(1) is not None:
-                current.append((int(m.group(1)), m.start(), m.end()))
+                bins.append(int(m.group(1)))
+                span = (span[0] if span else m.start(), m.end())
             elif token == ",":
-                self._close_item(phrase, current, items, last=False)
-                current = []
+                self._close_item(phrase, bins, span, items, last=False)
+                bins, span = [], None
             elif token == "None":
                 saw_none = True
             else:
                 self.out._problem(f"stray text {token[:30]!r} in group {phrase!r}")
-        self._close_item(phrase, current, items, last=truncated)
+        self._close_item(phrase, bins, span, items, last=truncated)
         if saw_none and items:
             self.out._problem(f"None next to coordinates in group {phrase!r}")
         if not items and not saw_none and not truncated:
             self.out._problem(f"empty group {phrase!r}")
         self.out._add(phrase, items)
 
-    def _close_item(self, phrase: str, tokens: list, items: list, last: bool) -> None:
-        if not tokens:
+    def _close_item(self, phrase: str, bins: list[int], span, items: list, last: bool) -> None:
+        if not bins:
             return
-        n = len(tokens)
+        n = len(bins)
         kind = "box" if n == 4 else "point" if n == 2 else "polygon" if n >= 6 and n % 2 == 0 else None
         if kind is None:
-            self.out._problem(f"{'truncated item' if last else f'item with {n} coordinates'} in group {phrase!r} dropped")
+            self.out._problem(
+                f"{'truncated item' if last else f'item with {n} coordinates'} in group {phrase!r} dropped"
+            )
             return
-        items.append(self.item(kind, [t[0] for t in tokens], (tokens[0][1], tokens[-1][2]), phrase))
+        items.append(self.item(kind, bins, span, phrase))
 
     def item(self, kind: str, bins: list[int], span: tuple[int, int], phrase: str) -> Item:
         top = self.codec.num_bins - 1
         if max(bins) > top:
             self.out._problem(f"coordinate above {top} clamped in group {phrase!r}")
-        coords = self.codec.decode(np.asarray(bins), self.width, self.height).tolist()
+        coords = self.codec.decode_list(bins, self.width, self.height)
         if kind in ("box", "keypoints"):
             if coords[2] < coords[0] or coords[3] < coords[1]:
                 self.out._problem(f"box with x1 < x0 or y1 < y0 reordered in group {phrase!r}")
@@ -306,7 +331,7 @@ class _Reader:
         out._problem("no group markers; read without them")
         runs, run = [], [coords[0]]
         for prev, m in zip(coords, coords[1:]):
-            gap = text[prev.end():m.start()]
+            gap = text[prev.end() : m.start()]
             if gap.strip(" ,") or gap.count(",") > 1:
                 runs.append(run)
                 run = []
@@ -314,7 +339,7 @@ class _Reader:
         runs.append(run)
         last_end = 0
         for run in runs:
-            phrase = self._phrases_before(text[last_end:run[0].start()])
+            phrase = self._phrases_before(text[last_end : run[0].start()])
             start = run[0].start()
             last_end = run[-1].end()
             self.content(phrase, start, last_end, truncated=False)
@@ -349,7 +374,7 @@ class _Reader:
         found = list(_KP_INSTANCE.finditer(body))
         instances = []
         for m, nxt in zip(found, found[1:] + [None]):
-            region = body[m.end(): nxt.start() if nxt else len(body)]
+            region = body[m.end() : nxt.start() if nxt else len(body)]
             instances.append((m.group(1), m.group(2), dict(_KP_PAIR.findall(region))))
         return instances
 
@@ -364,7 +389,7 @@ class _Reader:
         for joint, value in points.items():
             bins = [int(b) for b in _COORD.findall(value)] if isinstance(value, str) else []
             if len(bins) == 2:
-                item.keypoints[joint] = self.codec.decode(np.asarray(bins), self.width, self.height).tolist()
+                item.keypoints[joint] = self.codec.decode_list(bins, self.width, self.height)
             else:
                 if not (isinstance(value, str) and value.strip() == UNVISIBLE):
                     self.out._problem(f"keypoint {joint!r} of {name!r} unreadable")

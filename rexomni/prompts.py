@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from .codec import CoordCodec, get_codec
 from .tokens import NEG_BOX_END, NEG_BOX_START, NEG_REF_END, NEG_REF_START, coord_token
@@ -17,20 +17,34 @@ from .tokens import NEG_BOX_END, NEG_BOX_START, NEG_REF_END, NEG_REF_START, coor
 SYSTEM_PROMPT = "You are a helpful assistant"  # inference, as the released wrapper sends it
 TRAIN_SYSTEM_PROMPT = "You are a helpful assistant."  # the released SFT data ends it with a period
 
-TASKS = ("detection", "pointing", "visual_prompting", "keypoint", "ocr_box", "ocr_polygon",
-         "gui_grounding", "gui_pointing")
+TASKS = (
+    "detection",
+    "pointing",
+    "visual_prompting",
+    "keypoint",
+    "ocr_box",
+    "ocr_polygon",
+    "gui_grounding",
+    "gui_pointing",
+)
 
 # The released wording, verbatim (gui_grounding keeps its stray quote: the weights were trained on it).
 TEMPLATES = {
     "detection": "Detect {categories}. Output the bounding box coordinates in [x0, y0, x1, y1] format.",
     "pointing": "Point to {categories}.",
-    "visual_prompting": ("Given reference boxes {visual_prompt} indicating one or more objects, find all similar "
-                         "objects in the image and output their bounding boxes."),
-    "keypoint": ("Can you detect each {categories} in the image using a [x0, y0, x1, y1] box format, and then "
-                 "provide the coordinates of its {keypoints} as [x0, y0]? Output the answer in JSON format."),
+    "visual_prompting": (
+        "Given reference boxes {visual_prompt} indicating one or more objects, find all similar "
+        "objects in the image and output their bounding boxes."
+    ),
+    "keypoint": (
+        "Can you detect each {categories} in the image using a [x0, y0, x1, y1] box format, and then "
+        "provide the coordinates of its {keypoints} as [x0, y0]? Output the answer in JSON format."
+    ),
     "ocr_box": "Detect all {categories} and recognize them.",
-    "ocr_polygon": ("Can you detect all {categories} in this image in polygon format like "
-                    "[x0, y0, x1, y1, x2, y2 ...] and then recognize them?"),
+    "ocr_polygon": (
+        "Can you detect all {categories} in this image in polygon format like "
+        "[x0, y0, x1, y1, x2, y2 ...] and then recognize them?"
+    ),
     "gui_grounding": 'Detect element "{categories}"" in the image.',
     "gui_pointing": 'Point to element "{categories}".',
 }
@@ -156,18 +170,49 @@ TRAIN_POOLS: dict[str, list[str]] = {
 }
 
 PERSON_KEYPOINTS = [
-    "nose", "left eye", "right eye", "left ear", "right ear", "left shoulder", "right shoulder",
-    "left elbow", "right elbow", "left wrist", "right wrist", "left hip", "right hip", "left knee",
-    "right knee", "left ankle", "right ankle",
+    "nose",
+    "left eye",
+    "right eye",
+    "left ear",
+    "right ear",
+    "left shoulder",
+    "right shoulder",
+    "left elbow",
+    "right elbow",
+    "left wrist",
+    "right wrist",
+    "left hip",
+    "right hip",
+    "left knee",
+    "right knee",
+    "left ankle",
+    "right ankle",
 ]
 ANIMAL_KEYPOINTS = [
-    "left eye", "right eye", "nose", "neck", "root of tail", "left shoulder", "left elbow",
-    "left front paw", "right shoulder", "right elbow", "right front paw", "left hip", "left knee",
-    "left back paw", "right hip", "right knee", "right back paw",
+    "left eye",
+    "right eye",
+    "nose",
+    "neck",
+    "root of tail",
+    "left shoulder",
+    "left elbow",
+    "left front paw",
+    "right shoulder",
+    "right elbow",
+    "right front paw",
+    "left hip",
+    "left knee",
+    "left back paw",
+    "right hip",
+    "right knee",
+    "right back paw",
 ]
 # 21 hand joints: the wrist, then four per finger from the base to the tip.
-HAND_KEYPOINTS = ["wrist"] + [f"{finger} {joint}" for finger in ("thumb", "index finger", "middle finger", "ring finger", "little finger")
-                              for joint in ("base", "first joint", "second joint", "tip")]
+HAND_KEYPOINTS = ["wrist"] + [
+    f"{finger} {joint}"
+    for finger in ("thumb", "index finger", "middle finger", "ring finger", "little finger")
+    for joint in ("base", "first joint", "second joint", "tip")
+]
 KEYPOINT_NAMES = {"person": PERSON_KEYPOINTS, "animal": ANIMAL_KEYPOINTS, "hand": HAND_KEYPOINTS}
 
 
@@ -179,8 +224,12 @@ def box_tokens(box: Sequence[float], width: float, height: float, codec: CoordCo
     return "".join(coord_token(b) for b in codec.encode(list(box), width, height).tolist())
 
 
-def visual_prompt_json(groups: Mapping[str, Sequence[Sequence[float]]] | Sequence[Sequence[Sequence[float]]],
-                       width: float, height: float, codec: str | CoordCodec = "center") -> str:
+def visual_prompt_json(
+    groups: Mapping[str, Sequence[Sequence[float]]] | Sequence[Sequence[Sequence[float]]],
+    width: float,
+    height: float,
+    codec: str | CoordCodec = "center",
+) -> str:
     """Example boxes in pixels -> ``{"object_1": ["<x0><y0><x1><y1>", ...], ...}``.
 
     A list of groups is named object_1, object_2, ...; a mapping keeps its names. The model answers
@@ -189,13 +238,19 @@ def visual_prompt_json(groups: Mapping[str, Sequence[Sequence[float]]] | Sequenc
     codec = get_codec(codec)
     if not isinstance(groups, Mapping):
         groups = {f"object_{i + 1}": boxes for i, boxes in enumerate(groups)}
-    return json.dumps({name: [box_tokens(b, width, height, codec) for b in boxes] for name, boxes in groups.items()},
-                      ensure_ascii=False)
+    return json.dumps(
+        {name: [box_tokens(b, width, height, codec) for b in boxes] for name, boxes in groups.items()},
+        ensure_ascii=False,
+    )
 
 
-def negative_conditioning(negatives: Iterable[str] = (), negative_boxes: Iterable[Sequence[float]] = (),
-                          width: float | None = None, height: float | None = None,
-                          codec: str | CoordCodec = "center") -> str:
+def negative_conditioning(
+    negatives: Iterable[str] = (),
+    negative_boxes: Iterable[Sequence[float]] = (),
+    width: float | None = None,
+    height: float | None = None,
+    codec: str | CoordCodec = "center",
+) -> str:
     """What NOT to detect, as conditioning tokens: negative phrases, then negative example boxes."""
     text = "".join(f"{NEG_REF_START}{p}{NEG_REF_END}" for p in negatives)
     boxes = list(negative_boxes)
@@ -218,11 +273,19 @@ def _check_task(task: str) -> str:
     return task
 
 
-def build_prompt(task: str, categories: str | Sequence[str] = (), *, width: float | None = None,
-                 height: float | None = None, codec: str | CoordCodec = "center",
-                 visual_prompt=None, keypoint_names: Sequence[str] | None = None,
-                 negatives: Iterable[str] = (), negative_boxes: Iterable[Sequence[float]] = (),
-                 template: str | None = None) -> str:
+def build_prompt(
+    task: str,
+    categories: str | Sequence[str] = (),
+    *,
+    width: float | None = None,
+    height: float | None = None,
+    codec: str | CoordCodec = "center",
+    visual_prompt=None,
+    keypoint_names: Sequence[str] | None = None,
+    negatives: Iterable[str] = (),
+    negative_boxes: Iterable[Sequence[float]] = (),
+    template: str | None = None,
+) -> str:
     """The user text for ``task``: the released wording unless ``template`` is given.
 
     ``visual_prompt`` (visual_prompting) is a list of box groups or a mapping name -> boxes, in pixels.

@@ -92,8 +92,9 @@ def prepare_tokenizer(tokenizer, num_bins: int = NUM_BINS) -> TokenIds:
     return token_ids
 
 
-def grow_embeddings(model, tokenizer, token_ids: TokenIds, *, ordinal_init: bool = True,
-                    pad_to_multiple_of: int = 64, seed: int = 0) -> int:
+def grow_embeddings(
+    model, tokenizer, token_ids: TokenIds, *, ordinal_init: bool = True, pad_to_multiple_of: int = 64, seed: int = 0
+) -> int:
     """Grow the input embeddings (and an untied lm_head) to hold every token id; never shrink.
 
     Rows at the ids of newly added tokens are initialised, never left random: coordinate rows from

@@ -78,6 +78,13 @@ def test_boxes_points_polygons_numpy_and_torch_agree():
         assert np.allclose(codec.decode(torch.from_numpy(np_bins), 640, 360).numpy(), codec.decode(np_bins, 640, 360))
 
 
+@pytest.mark.parametrize("name", ["center", "rexomni"])
+def test_scalar_decode_matches_the_vectorised_one(name):
+    codec = CoordCodec(name)
+    bins = [0, 1, 500, 998, 999, 1500, -3, 7]
+    assert codec.decode_list(bins, 641, 479) == codec.decode(np.array(bins), 641, 479).tolist()
+
+
 def test_degenerate_boxes_survive_the_round_trip():
     codec = CoordCodec("center")
     box = np.array([50.0, 60.0, 50.0, 60.0])

@@ -9,9 +9,11 @@ from hypothesis import strategies as st
 from rexomni import format_answer, format_keypoints, parse_output
 from rexomni.tokens import BOX_END, BOX_START, OBJECT_REF_END, OBJECT_REF_START
 
-RELEASED = ("<|object_ref_start|>person<|object_ref_end|><|box_start|><12><412><339><568>,<92><55><179><378>"
-            "<|box_end|>, <|object_ref_start|>dog<|object_ref_end|><|box_start|>None<|box_end|><|im_end|>")
-SLOW_DECODE = (" <|object_ref_start|> text line <|object_ref_end|> <|box_start|> <44> <3> <120> <15> <|box_end|>")
+RELEASED = (
+    "<|object_ref_start|>person<|object_ref_end|><|box_start|><12><412><339><568>,<92><55><179><378>"
+    "<|box_end|>, <|object_ref_start|>dog<|object_ref_end|><|box_start|>None<|box_end|><|im_end|>"
+)
+SLOW_DECODE = " <|object_ref_start|> text line <|object_ref_end|> <|box_start|> <44> <3> <120> <15> <|box_end|>"
 
 
 def boxes(parsed, phrase):
@@ -24,6 +26,7 @@ def test_reads_the_released_output():
     assert list(p.phrases) == ["person", "dog"]
     assert p.phrases["dog"] == []
     assert [i.bins for i in p.phrases["person"]] == [[12, 412, 339, 568], [92, 55, 179, 378]]
+    assert [RELEASED[slice(*i.span)] for i in p.phrases["person"]] == ["<12><412><339><568>", "<92><55><179><378>"]
     assert boxes(p, "person")[0] == pytest.approx([12 / 999 * 640, 412 / 999 * 480, 339 / 999 * 640, 568 / 999 * 480])
 
 
@@ -31,6 +34,7 @@ def test_reads_slow_tokenizer_spacing():
     p = parse_output(SLOW_DECODE, 1000, 1000, codec="rexomni")
     assert p.problems == []
     assert [i.bins for i in p.phrases["text line"]] == [[44, 3, 120, 15]]
+    assert SLOW_DECODE[slice(*p.phrases["text line"][0].span)] == "<44> <3> <120> <15>"
 
 
 def test_same_parse_with_special_tokens_skipped():
@@ -38,8 +42,9 @@ def test_same_parse_with_special_tokens_skipped():
     for marker in (OBJECT_REF_START, OBJECT_REF_END, BOX_START, BOX_END, "<|im_end|>"):
         skipped = skipped.replace(marker, "")
     full, bare = parse_output(RELEASED, 640, 480), parse_output(skipped, 640, 480)
-    assert {k: [i.coords for i in v] for k, v in bare.phrases.items()} == \
-           {k: [i.coords for i in v] for k, v in full.phrases.items()}
+    assert {k: [i.coords for i in v] for k, v in bare.phrases.items()} == {
+        k: [i.coords for i in v] for k, v in full.phrases.items()
+    }
 
 
 def test_truncated_last_group_is_read():
@@ -50,15 +55,24 @@ def test_truncated_last_group_is_read():
 
 
 def test_odd_counts_swapped_corners_big_numbers_and_stray_text():
-    text = (f"hello {OBJECT_REF_START}a{OBJECT_REF_END}{BOX_START}<1><2><3>,<50><60><10><20>,<5><5><1500><9>{BOX_END}"
-            f" junk {OBJECT_REF_START}b{OBJECT_REF_END}{BOX_START}<1><2> x <3><4>{BOX_END}")
+    text = (
+        f"hello {OBJECT_REF_START}a{OBJECT_REF_END}{BOX_START}<1><2><3>,<50><60><10><20>,<5><5><1500><9>{BOX_END}"
+        f" junk {OBJECT_REF_START}b{OBJECT_REF_END}{BOX_START}<1><2> x <3><4>{BOX_END}"
+    )
     p = parse_output(text, 100, 100)
     a = p.phrases["a"]
     assert [i.kind for i in a] == ["box", "box"]
     assert a[0].coords == pytest.approx([1.05, 2.05, 5.05, 6.05])  # reordered corners
     assert max(a[1].coords) < 100
     joined = " | ".join(p.problems)
-    for expected in ("3 coordinates", "reordered", "clamped", "stray text 'hello'", "stray text 'junk'", "stray text 'x'"):
+    for expected in (
+        "3 coordinates",
+        "reordered",
+        "clamped",
+        "stray text 'hello'",
+        "stray text 'junk'",
+        "stray text 'x'",
+    ):
         assert expected in joined
     assert [i.kind for i in p.phrases["b"]] == ["box"]
 
@@ -70,8 +84,10 @@ def test_phrase_containing_angle_bracket_and_comma():
 
 
 def test_points_and_polygons():
-    text = (f"{OBJECT_REF_START}cup{OBJECT_REF_END}{BOX_START}<10><20>,<30><40>{BOX_END}, "
-            f"{OBJECT_REF_START}OPEN{OBJECT_REF_END}{BOX_START}<0><0><100><0><100><50><0><50>{BOX_END}")
+    text = (
+        f"{OBJECT_REF_START}cup{OBJECT_REF_END}{BOX_START}<10><20>,<30><40>{BOX_END}, "
+        f"{OBJECT_REF_START}OPEN{OBJECT_REF_END}{BOX_START}<0><0><100><0><100><50><0><50>{BOX_END}"
+    )
     p = parse_output(text, 1000, 1000)
     assert [i.kind for i in p.phrases["cup"]] == ["point", "point"]
     poly = p.phrases["OPEN"][0]
@@ -79,8 +95,10 @@ def test_points_and_polygons():
 
 
 def test_keypoint_answer_and_its_truncation():
-    text = ('```json\n{"person1": {"bbox": " <1> <36> <987> <984> ", "keypoints": {"nose": " <540> <351> ", '
-            '"right eye": "unvisible"}}, "person2": {"bbox": " <5> <6> <7> <8> ", "keypoints": {"nose": " <1> <2> "}}}\n```')
+    text = (
+        '```json\n{"person1": {"bbox": " <1> <36> <987> <984> ", "keypoints": {"nose": " <540> <351> ", '
+        '"right eye": "unvisible"}}, "person2": {"bbox": " <5> <6> <7> <8> ", "keypoints": {"nose": " <1> <2> "}}}\n```'
+    )
     p = parse_output(text, 1000, 1000, codec="rexomni")
     assert p.problems == []
     first, second = p.phrases["person"]
@@ -118,8 +136,12 @@ def test_non_string_and_bad_size_do_not_raise():
 
 
 def test_serializer_orders_and_answers_none():
-    objects = [{"phrase": "cat", "bbox": [50, 10, 60, 20]}, {"phrase": "cat", "bbox": [10, 30, 20, 40]},
-               {"phrase": "cat", "bbox": [10, 5, 20, 15]}, {"phrase": "dog", "point": [5, 5]}]
+    objects = [
+        {"phrase": "cat", "bbox": [50, 10, 60, 20]},
+        {"phrase": "cat", "bbox": [10, 30, 20, 40]},
+        {"phrase": "cat", "bbox": [10, 5, 20, 15]},
+        {"phrase": "dog", "point": [5, 5]},
+    ]
     text = format_answer(objects, 100, 100, phrases=["dog", "bird", "cat"])
     assert text.startswith(f"{OBJECT_REF_START}dog{OBJECT_REF_END}{BOX_START}<50><50>{BOX_END}, ")
     assert f"{OBJECT_REF_START}bird{OBJECT_REF_END}{BOX_START}None{BOX_END}" in text
@@ -130,27 +152,58 @@ def test_serializer_orders_and_answers_none():
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(text=st.lists(st.sampled_from([OBJECT_REF_START, OBJECT_REF_END, BOX_START, BOX_END, "<|im_end|>", "```json",
-                                        '"bbox"', '"keypoints"', "{", "}", '"', ":", "<12>", "<1500>", "None", ", "])
-                     | st.text(alphabet="<>|,0123456789 N", max_size=4) | st.text(max_size=4), max_size=80).map("".join),
-       w=st.integers(1, 4000), h=st.integers(1, 4000), codec=st.sampled_from(["center", "rexomni"]))
+@given(
+    text=st.lists(
+        st.sampled_from(
+            [
+                OBJECT_REF_START,
+                OBJECT_REF_END,
+                BOX_START,
+                BOX_END,
+                "<|im_end|>",
+                "```json",
+                '"bbox"',
+                '"keypoints"',
+                "{",
+                "}",
+                '"',
+                ":",
+                "<12>",
+                "<1500>",
+                "None",
+                ", ",
+            ]
+        )
+        | st.text(alphabet="<>|,0123456789 N", max_size=4)
+        | st.text(max_size=4),
+        max_size=80,
+    ).map("".join),
+    w=st.integers(1, 4000),
+    h=st.integers(1, 4000),
+    codec=st.sampled_from(["center", "rexomni"]),
+)
 def test_fuzz_arbitrary_text_never_raises(text, w, h, codec):
     _check_in_image(parse_output(text, w, h, codec), w, h)
 
 
 def _answer_tokens(rng):
-    objects = [{"phrase": rng.choice(["a", "b c", "d"]), "bbox": sorted(rng.uniform(0, 500, 2)) * 1}
-               for _ in range(rng.integers(1, 6))]
+    objects = [
+        {"phrase": rng.choice(["a", "b c", "d"]), "bbox": sorted(rng.uniform(0, 500, 2)) * 1}
+        for _ in range(rng.integers(1, 6))
+    ]
     for o in objects:
         x0, x1 = sorted(rng.uniform(0, 500, 2))
         y0, y1 = sorted(rng.uniform(0, 300, 2))
         o["bbox"] = [x0, y0, x1, y1]
     import re
+
     return re.findall(r"<\|[a-z_]+\|>|<\d+>|None|, |,|[^<,]+", format_answer(objects, 500, 300))
 
 
 @settings(max_examples=300, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), ops=st.lists(st.sampled_from(["drop", "double", "space", "truncate"]), max_size=6))
+@given(
+    seed=st.integers(0, 2**32 - 1), ops=st.lists(st.sampled_from(["drop", "double", "space", "truncate"]), max_size=6)
+)
 def test_fuzz_mutated_answers_never_raise(seed, ops):
     rng = np.random.default_rng(seed)
     tokens = _answer_tokens(rng)

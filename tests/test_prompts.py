@@ -20,7 +20,8 @@ from rexomni.tokens import NEG_BOX_END, NEG_BOX_START, NEG_REF_END, NEG_REF_STAR
 
 def test_released_wording():
     assert build_prompt("detection", ["person", "dog"]) == (
-        "Detect person, dog. Output the bounding box coordinates in [x0, y0, x1, y1] format.")
+        "Detect person, dog. Output the bounding box coordinates in [x0, y0, x1, y1] format."
+    )
     assert build_prompt("pointing", "cup") == "Point to cup."
     assert build_prompt("ocr_box", "word") == "Detect all word and recognize them."
     kp = build_prompt("keypoint", "person")
@@ -51,8 +52,12 @@ def test_keypoint_lists():
 
 
 def test_visual_prompt_with_several_groups():
-    prompt = build_prompt("visual_prompting", visual_prompt={"cat": [[0, 0, 50, 50]], "dog": [[50, 50, 100, 100], [0, 50, 10, 60]]},
-                          width=100, height=100)
+    prompt = build_prompt(
+        "visual_prompting",
+        visual_prompt={"cat": [[0, 0, 50, 50]], "dog": [[50, 50, 100, 100], [0, 50, 10, 60]]},
+        width=100,
+        height=100,
+    )
     groups = json.loads(re.search(r"({.*})", prompt).group(1))
     assert groups == {"cat": ["<0><0><500><500>"], "dog": ["<500><500><999><999>", "<0><500><100><600>"]}
     listed = build_prompt("visual_prompting", visual_prompt=[[[0, 0, 10, 10]]], width=100, height=100, codec="rexomni")
@@ -60,10 +65,18 @@ def test_visual_prompt_with_several_groups():
 
 
 def test_negative_conditioning():
-    prompt = build_prompt("detection", ["car"], negatives=["blue car", "toy car"], negative_boxes=[[0, 0, 10, 10], [5, 5, 20, 20]],
-                          width=100, height=100)
-    assert prompt.endswith(f"{NEG_REF_START}blue car{NEG_REF_END}{NEG_REF_START}toy car{NEG_REF_END}"
-                           f"{NEG_BOX_START}<0><0><100><100>,<50><50><200><200>{NEG_BOX_END}")
+    prompt = build_prompt(
+        "detection",
+        ["car"],
+        negatives=["blue car", "toy car"],
+        negative_boxes=[[0, 0, 10, 10], [5, 5, 20, 20]],
+        width=100,
+        height=100,
+    )
+    assert prompt.endswith(
+        f"{NEG_REF_START}blue car{NEG_REF_END}{NEG_REF_START}toy car{NEG_REF_END}"
+        f"{NEG_BOX_START}<0><0><100><100>,<50><50><200><200>{NEG_BOX_END}"
+    )
     with pytest.raises(ValueError, match="width and height"):
         build_prompt("detection", ["car"], negative_boxes=[[0, 0, 1, 1]])
 
