@@ -1,0 +1,543 @@
+"""The synthetic scene engine: PIL scenes with exact labels, the project's embedded data set.
+
+``generate_scene(rng, size, mode)`` returns ``(PIL.Image, sample)`` in memory, the sample in the
+schema of docs/data.md. Modes:
+
+- ``shapes``: 2-8 shapes (8 kinds) with colours, sizes and textures on a cluttered background;
+  phrases with attributes, referring expressions with spatial relations, hard distractors (same
+  shape in another colour, same colour in another shape) and verified-absent phrases.
+- ``single``: one to three plain shapes on a plain or noisy background (the learning experiment).
+- ``ocr``: rendered words (boxes, polygons, text).
+- ``keypoints``: articulated stick figures with the 17 named person joints.
+- ``gui``: a window of labelled buttons and fields.
+
+``kinds=OOD_KINDS`` draws shapes never used in training, for out-of-distribution tests.
+Objects never overlap, so every mask is the visible object and every point lies on it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from rexomni.prompts import PERSON_KEYPOINTS
+
+from .masks import deepest_point, mask_bbox, rle_encode
+
+MODES = ("shapes", "single", "ocr", "keypoints", "gui")
+
+TRAIN_KINDS = ("circle", "square", "triangle", "star", "hexagon", "diamond", "cross", "ring")
+OOD_KINDS = ("heart", "crescent", "arrow")  # held out: never drawn unless asked for
+COLORS = {
+    "red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 70, 220), "yellow": (240, 220, 30),
+    "orange": (245, 140, 20), "purple": (140, 50, 180), "pink": (250, 120, 190), "brown": (130, 80, 40),
+    "black": (15, 15, 15), "white": (245, 245, 245), "cyan": (30, 210, 220),
+}
+TEXTURES = ("plain", "striped", "dotted", "checkered")
+# Object extent (longest side) as a fraction of the image side; gaps between the bins keep
+# "small" and "large" unambiguous to the eye.
+SIZES = {"small": (0.09, 0.13), "medium": (0.17, 0.22), "large": (0.27, 0.34)}
+BACKGROUNDS = ("plain", "noise", "gradient", "stripes", "clutter")
+WORDS = ("OPEN", "EXIT", "STOP", "SALE", "PUSH", "PULL", "CAFE", "HOTEL", "PARK", "BUS", "TAXI", "MENU",
+         "HELP", "INFO", "LOBBY", "PIZZA", "BOOKS", "FRESH", "CLOSED", "ENTER", "RADIO", "MUSIC", "LIGHT",
+         "WATER", "NORTH", "SOUTH", "SCHOOL", "BANK", "POST", "ZONE", "FIRE", "DANGER", "GATE", "ROOM", "HALL")
+GUI_LABELS = ("OK", "Cancel", "Save", "Open", "Close", "Search", "Settings", "Help", "Back", "Next", "Send",
+              "Delete", "Edit", "Share", "Login", "Sign up", "Upload", "Download", "Print", "Refresh")
+RELATIONS = {"left of": (0, -1), "right of": (0, 1), "above": (1, -1), "below": (1, 1)}
+
+_FONT_CACHE: dict[int, ImageFont.FreeTypeFont] = {}
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    if size not in _FONT_CACHE:
+        _FONT_CACHE[size] = ImageFont.load_default(size=size)
+    return _FONT_CACHE[size]
+
+
+@dataclass
+class _Placed:
+    """One drawn object: its full-image bbox, local mask (inside bbox) and attributes."""
+
+    box: list[float]
+    local: np.ndarray
+    attributes: dict
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def generate_scene(seed_or_rng: int | random.Random | None = None, size: int | Sequence[int] = 224,
+                   mode: str = "shapes", *, kinds: Sequence[str] = TRAIN_KINDS,
+                   colors: Sequence[str] | None = None, num_objects: tuple[int, int] | None = None,
+                   granularity: str | None = None, negative_prob: float = 0.0,
+                   masks: bool = True) -> tuple[Image.Image, dict]:
+    """Draw one scene; returns ``(image, sample)``. Same seed, same scene.
+
+    ``granularity`` (shapes/single) names objects by ``kind``, ``color kind`` or ``size color kind``
+    (drawn per scene when None); every object of a scene uses the same granularity, so a phrase's
+    objects are exactly those matching it. ``negative_prob`` is the chance of turning one present
+    distractor phrase into a negative (conditioning) phrase with its boxes. ``masks=False`` skips
+    the RLE masks (points are still computed).
+    """
+    rng = seed_or_rng if isinstance(seed_or_rng, random.Random) else random.Random(seed_or_rng)
+    width, height = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if mode not in MODES:
+        raise ValueError(f"unknown synth mode {mode!r}; expected one of {MODES}")
+    unknown = [k for k in kinds if k not in _SHAPES]
+    if unknown:
+        raise ValueError(f"unknown shape kinds {unknown}; known: {sorted(_SHAPES)}")
+    colors = list(colors or COLORS)
+    scene = _Scene(rng, width, height)
+    if mode == "single":
+        scene.background(rng.choice(("plain", "noise")))
+        scene.shapes(kinds, colors, num_objects or (1, 3), textures=False, sizes=("small", "medium", "large"))
+        sample = scene.shape_sample(granularity or "color kind", referring=False)
+    elif mode == "shapes":
+        scene.background(rng.choice(BACKGROUNDS))
+        scene.shapes(kinds, colors, num_objects or (2, 8), textures=True, sizes=tuple(SIZES), distractors=True)
+        sample = scene.shape_sample(granularity or rng.choice(("kind", "color kind", "color kind", "size color kind")),
+                                    referring=True, negative_prob=negative_prob)
+    elif mode == "ocr":
+        scene.background(rng.choice(("plain", "noise", "gradient")))
+        sample = scene.words(num_objects or (2, 6))
+    elif mode == "keypoints":
+        scene.background(rng.choice(("plain", "noise", "gradient", "clutter")))
+        sample = scene.figures(num_objects or (1, 3))
+    else:
+        sample = scene.gui(num_objects or (3, 8))
+    sample.update({"image": None, "width": width, "height": height, "source": f"synth/{mode}"})
+    for obj, placed in zip(sample["objects"], scene.placed):
+        if masks:
+            full = np.zeros((height, width), dtype=bool)
+            x0, y0 = int(placed.box[0]), int(placed.box[1])
+            full[y0:y0 + placed.local.shape[0], x0:x0 + placed.local.shape[1]] = placed.local
+            obj["mask"] = rle_encode(full)
+    return scene.image, sample
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+def _regular(n: int, rotation: float = -math.pi / 2, radius: float = 1.0) -> list[tuple[float, float]]:
+    return [(radius * math.cos(rotation + 2 * math.pi * i / n), radius * math.sin(rotation + 2 * math.pi * i / n))
+            for i in range(n)]
+
+
+def _star() -> list[tuple[float, float]]:
+    pts = []
+    for i in range(10):
+        r = 1.0 if i % 2 == 0 else 0.45
+        a = -math.pi / 2 + math.pi * i / 5
+        pts.append((r * math.cos(a), r * math.sin(a)))
+    return pts
+
+
+def _heart() -> list[tuple[float, float]]:
+    ts = np.linspace(0, 2 * math.pi, 40, endpoint=False)
+    x = 16 * np.sin(ts) ** 3
+    y = -(13 * np.cos(ts) - 5 * np.cos(2 * ts) - 2 * np.cos(3 * ts) - np.cos(4 * ts))
+    return list(zip(x / 17, (y + 2.5) / 17))
+
+
+# Unit polygons in [-1, 1]^2 (None: drawn by a function below).
+_SHAPES: dict[str, list | None] = {
+    "circle": None, "ring": None, "crescent": None,
+    "square": [(-1, -1), (1, -1), (1, 1), (-1, 1)],
+    "triangle": [(0, -1), (1, 0.8), (-1, 0.8)],
+    "star": _star(),
+    "hexagon": _regular(6, 0),
+    "diamond": [(0, -1), (0.75, 0), (0, 1), (-0.75, 0)],
+    "cross": [(-0.33, -1), (0.33, -1), (0.33, -0.33), (1, -0.33), (1, 0.33), (0.33, 0.33), (0.33, 1), (-0.33, 1),
+              (-0.33, 0.33), (-1, 0.33), (-1, -0.33), (-0.33, -0.33)],
+    "heart": _heart(),
+    "arrow": [(-1, -0.3), (0.2, -0.3), (0.2, -0.8), (1, 0), (0.2, 0.8), (0.2, 0.3), (-1, 0.3)],
+}
+
+
+def _draw_kind(draw: ImageDraw.ImageDraw, kind: str, side: int) -> None:
+    """Fill the shape ``kind`` (value 255) on a ``side`` x ``side`` canvas."""
+    s = side - 1
+    if kind == "circle":
+        draw.ellipse([0, 0, s, s], fill=255)
+    elif kind == "ring":
+        draw.ellipse([0, 0, s, s], fill=255)
+        k = side * 0.28
+        draw.ellipse([k, k, s - k, s - k], fill=0)
+    elif kind == "crescent":
+        draw.ellipse([0, 0, s, s], fill=255)
+        draw.ellipse([side * 0.35, -side * 0.1, s + side * 0.35, s - side * 0.1], fill=0)
+    else:
+        half = s / 2
+        draw.polygon([(half + x * half, half + y * half) for x, y in _SHAPES[kind]], fill=255)
+
+
+def _texture(canvas: Image.Image, texture: str, color: tuple[int, int, int], rng: random.Random) -> None:
+    if texture == "plain":
+        return
+    shade = tuple(int(c * 0.45) for c in color) if sum(color) > 200 else tuple(min(255, c + 110) for c in color)
+    draw = ImageDraw.Draw(canvas)
+    w, h = canvas.size
+    step = max(4, min(w, h) // rng.randint(3, 5))
+    if texture == "striped":
+        for x in range(-h, w, step):
+            draw.line([(x, 0), (x + h, h)], fill=shade, width=max(1, step // 3))
+    elif texture == "dotted":
+        r = max(1, step // 4)
+        for y in range(step // 2, h, step):
+            for x in range(step // 2, w, step):
+                draw.ellipse([x - r, y - r, x + r, y + r], fill=shade)
+    else:  # checkered
+        for y in range(0, h, step):
+            for x in range((y // step) % 2 * step, w, 2 * step):
+                draw.rectangle([x, y, x + step - 1, y + step - 1], fill=shade)
+
+
+# --------------------------------------------------------------------------- a scene under construction
+
+
+class _Scene:
+    def __init__(self, rng: random.Random, width: int, height: int):
+        self.rng, self.width, self.height = rng, width, height
+        self.nprng = np.random.default_rng(rng.getrandbits(32))
+        self.image: Image.Image = Image.new("RGB", (width, height))
+        self.placed: list[_Placed] = []
+        self.mean_color = np.zeros(3)
+
+    # ---- backgrounds
+    def background(self, kind: str) -> None:
+        rng, w, h = self.rng, self.width, self.height
+        base = np.array([rng.randint(70, 190)] * 3) + np.array([rng.randint(-25, 25) for _ in range(3)])
+        if kind == "plain":
+            arr = np.broadcast_to(base, (h, w, 3)).astype(np.float32)
+        elif kind == "noise":
+            arr = base + self.nprng.normal(0, rng.uniform(8, 30), (h, w, 3))
+        elif kind == "gradient":
+            other = base + np.array([rng.randint(-60, 60) for _ in range(3)])
+            t = np.linspace(0, 1, w if rng.random() < 0.5 else h, dtype=np.float32)
+            t = t[None, :, None] if t.size == w else t[:, None, None]
+            arr = base * (1 - t) + other * t + np.zeros((h, w, 1))
+        elif kind == "stripes":
+            period = rng.randint(6, 20)
+            band = (np.arange(w if rng.random() < 0.5 else h) // period) % 2
+            band = band[None, :, None] if band.size == w else band[:, None, None]
+            arr = base + band * rng.randint(10, 30) + np.zeros((h, w, 1))
+        else:  # clutter: a textured base with thin marks that are no object
+            arr = base + self.nprng.normal(0, 10, (h, w, 3))
+        self.image = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+        if kind == "clutter":
+            draw = ImageDraw.Draw(self.image)
+            for _ in range(rng.randint(15, 40)):
+                tone = tuple(int(np.clip(c + rng.randint(-50, 50), 0, 255)) for c in base)
+                x, y = rng.uniform(0, w), rng.uniform(0, h)
+                draw.line([(x, y), (x + rng.uniform(-30, 30), y + rng.uniform(-30, 30))], fill=tone, width=1)
+        self.mean_color = np.asarray(base, dtype=np.float64)
+
+    # ---- placement
+    def _place(self, bw: int, bh: int, tries: int = 30) -> tuple[int, int] | None:
+        """A free spot (top-left) for a bw x bh box, 2 px away from every placed object."""
+        for _ in range(tries):
+            x = self.rng.randint(0, max(0, self.width - bw))
+            y = self.rng.randint(0, max(0, self.height - bh))
+            if all(x + bw + 2 <= p.box[0] or p.box[2] + 2 <= x or y + bh + 2 <= p.box[1] or p.box[3] + 2 <= y
+                   for p in self.placed):
+                return x, y
+        return None
+
+    def _paste(self, canvas: Image.Image, mask: Image.Image, xy: tuple[int, int], attributes: dict) -> None:
+        """Paste a drawn object and record its exact box and mask (the box is the mask's tight box)."""
+        self.image.paste(canvas, xy, mask)
+        local = np.asarray(mask) > 0
+        tight = mask_bbox(local)
+        if tight is None:
+            return
+        lx0, ly0, lx1, ly1 = (int(v) for v in tight)
+        box = [float(xy[0] + lx0), float(xy[1] + ly0), float(xy[0] + lx1), float(xy[1] + ly1)]
+        self.placed.append(_Placed(box, local[ly0:ly1, lx0:lx1], attributes))
+
+    def _contrasting(self, colors: Sequence[str]) -> list[str]:
+        ok = [c for c in colors if np.abs(np.array(COLORS[c]) - self.mean_color).sum() > 150]
+        return ok or list(colors)
+
+    def _shape(self, kind: str, color: str, size: str, texture: str) -> bool:
+        lo, hi = SIZES[size]
+        side = max(6, int(self.rng.uniform(lo, hi) * min(self.width, self.height)))
+        xy = self._place(side, side)
+        if xy is None:
+            return False
+        mask = Image.new("L", (side, side), 0)
+        _draw_kind(ImageDraw.Draw(mask), kind, side)
+        rgb = tuple(int(np.clip(c + self.rng.randint(-12, 12), 0, 255)) for c in COLORS[color])
+        canvas = Image.new("RGB", (side, side), rgb)
+        _texture(canvas, texture, rgb, self.rng)
+        self._paste(canvas, mask, xy, {"kind": kind, "color": color, "size": size, "texture": texture})
+        return True
+
+    def shapes(self, kinds, colors, count, textures: bool, sizes, distractors: bool = False) -> None:
+        rng = self.rng
+        colors = self._contrasting(colors)
+        n = rng.randint(*count)
+        todo = []
+        while len(todo) < n:
+            spec = [rng.choice(kinds), rng.choice(colors), rng.choice(sizes),
+                    rng.choice(TEXTURES) if textures and rng.random() < 0.4 else "plain"]
+            todo.append(spec)
+            if distractors and len(todo) < n and rng.random() < 0.5:
+                # A hard distractor: the same shape in another colour, or the same colour in another shape.
+                other = list(spec)
+                if rng.random() < 0.5 and len(colors) > 1:
+                    other[1] = rng.choice([c for c in colors if c != spec[1]])
+                elif len(kinds) > 1:
+                    other[0] = rng.choice([k for k in kinds if k != spec[0]])
+                todo.append(other)
+        for spec in todo:
+            self._shape(*spec)
+        if not self.placed:  # the image was too crowded for even one: force a small one
+            self._shape(kinds[0], colors[0], "small", "plain")
+
+    # ---- naming shapes
+    @staticmethod
+    def _name(attrs: dict, granularity: str) -> str:
+        words = {"kind": ["kind"], "color kind": ["color", "kind"], "size color kind": ["size", "color", "kind"]}
+        if granularity not in words:
+            raise ValueError(f"unknown granularity {granularity!r}; expected one of {list(words)}")
+        return " ".join(attrs[k] for k in words[granularity])
+
+    def shape_sample(self, granularity: str, referring: bool, negative_prob: float = 0.0) -> dict:
+        rng = self.rng
+        objects = []
+        for p in self.placed:
+            local = p.local
+            point = deepest_point(local)
+            objects.append({"phrase": self._name(p.attributes, granularity), "bbox": p.box,
+                            "point": [p.box[0] + point[0], p.box[1] + point[1]], "attributes": dict(p.attributes)})
+        present = sorted({o["phrase"] for o in objects})
+        sample: dict = {"objects": objects, "categories": sorted(set(present) | set(self._absent(granularity, present)))}
+        if referring:
+            sample["referring"] = self._referring(granularity)
+        if negative_prob and len(present) > 1 and rng.random() < negative_prob:
+            negative = rng.choice(present)
+            sample["negatives"] = {"phrases": [negative]}
+            if rng.random() < 0.5:
+                sample["negatives"]["boxes"] = [o["bbox"] for o in objects if o["phrase"] == negative]
+        return sample
+
+    def _absent(self, granularity: str, present: list[str]) -> list[str]:
+        """Hard absent phrases: each present phrase with one attribute changed, when that is absent."""
+        out = []
+        for p in self.placed[:6]:
+            attrs = dict(p.attributes)
+            key = self.rng.choice([k for k in ("kind", "color", "size") if k in granularity])
+            pool = {"kind": TRAIN_KINDS, "color": tuple(COLORS), "size": tuple(SIZES)}[key]
+            attrs[key] = self.rng.choice([v for v in pool if v != attrs[key]])
+            name = self._name(attrs, granularity)
+            if name not in present:
+                out.append(name)
+        return out
+
+    def _referring(self, granularity: str) -> list[dict]:
+        """Unique descriptions: the shortest attribute phrase that singles an object out, else a
+        relation to a uniquely named anchor ("the red circle left of the blue square"). ``category``
+        keeps the object's own phrase, so a negative phrase can rule its expressions out."""
+        placed = self.placed
+        out = []
+        for i, p in enumerate(placed):
+            desc = self._unique_desc(i)
+            if desc is None:
+                desc = self._relational(i)
+            if desc is not None:
+                out.append({"phrase": desc, "bbox": p.box, "category": self._name(p.attributes, granularity),
+                            "attributes": dict(p.attributes)})
+        return out
+
+    def _unique_desc(self, i: int) -> str | None:
+        a = self.placed[i].attributes
+        for keys in (("kind",), ("color", "kind"), ("size", "color", "kind")):
+            same = [p for p in self.placed if all(p.attributes[k] == a[k] for k in keys)]
+            if len(same) == 1:
+                return "the " + " ".join(a[k] for k in keys)
+        return None
+
+    def _relational(self, i: int) -> str | None:
+        target = self.placed[i]
+        a = target.attributes
+        keys = ("color", "kind")
+        group = [p for p in self.placed if all(p.attributes[k] == a[k] for k in keys)]
+        name = " ".join(a[k] for k in keys)
+        for j, anchor in enumerate(self.placed):
+            anchor_desc = self._unique_desc(j)
+            if j == i or anchor_desc is None:
+                continue
+            for relation, (axis, sign) in RELATIONS.items():
+                holds = [p for p in group if _related(p.box, anchor.box, axis, sign)]
+                if holds == [target]:
+                    return f"the {name} {relation} {anchor_desc}"
+        return None
+
+    # ---- words
+    def words(self, count) -> dict:
+        rng = self.rng
+        objects = []
+        colors = self._contrasting(list(COLORS))
+        for _ in range(rng.randint(*count)):
+            text = rng.choice(WORDS)
+            font = _font(rng.randint(max(8, self.height // 20), max(10, self.height // 9)))
+            left, top, right, bottom = font.getbbox(text)
+            bw, bh = right - left + 2, bottom - top + 2
+            xy = self._place(bw, bh)
+            if xy is None:
+                continue
+            mask = Image.new("L", (bw, bh), 0)
+            ImageDraw.Draw(mask).text((1 - left, 1 - top), text, fill=255, font=font)
+            canvas = Image.new("RGB", (bw, bh), COLORS[rng.choice(colors)])
+            n_before = len(self.placed)
+            self._paste(canvas, mask, xy, {"text": text})
+            if len(self.placed) > n_before:
+                x0, y0, x1, y1 = self.placed[-1].box
+                objects.append({"phrase": "word", "text": text, "bbox": [x0, y0, x1, y1],
+                                "polygon": [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]})
+        return {"objects": objects, "categories": ["word"]}
+
+    # ---- stick figures
+    def figures(self, count) -> dict:
+        rng = self.rng
+        objects = []
+        for _ in range(rng.randint(*count)):
+            h = int(rng.uniform(0.35, 0.6) * self.height)
+            joints = _stick_figure(rng, h)
+            xs = [p[0] for p in joints.values()]
+            ys = [p[1] for p in joints.values()]
+            pad = max(2, h // 14)
+            bw, bh = int(max(xs) - min(xs)) + 2 * pad + 1, int(max(ys) - min(ys)) + 2 * pad + 1
+            xy = self._place(bw, bh)
+            if xy is None:
+                continue
+            shift = (pad - min(xs), pad - min(ys))
+            local = {k: (x + shift[0], y + shift[1]) for k, (x, y) in joints.items()}
+            mask = Image.new("L", (bw, bh), 0)
+            _draw_figure(ImageDraw.Draw(mask), local, h)
+            color = COLORS[rng.choice(self._contrasting(["black", "white", "blue", "red", "brown"]))]
+            n_before = len(self.placed)
+            self._paste(Image.new("RGB", (bw, bh), color), mask, xy, {"kind": "figure"})
+            if len(self.placed) > n_before:
+                keypoints = {k: [xy[0] + x, xy[1] + y] for k, (x, y) in local.items()}
+                objects.append({"phrase": "person", "bbox": self.placed[-1].box, "keypoints": keypoints})
+        return {"objects": objects, "categories": ["person"]}
+
+    # ---- a GUI window
+    def gui(self, count) -> dict:
+        rng, w, h = self.rng, self.width, self.height
+        shade = rng.randint(200, 245)
+        self.image = Image.new("RGB", (w, h), (shade, shade, shade))
+        draw = ImageDraw.Draw(self.image)
+        draw.rectangle([0, 0, w, max(8, h // 12)], fill=(rng.randint(20, 80), rng.randint(60, 120), rng.randint(120, 200)))
+        self.mean_color = np.array([shade] * 3, dtype=np.float64)
+        objects = []
+        labels = rng.sample(GUI_LABELS, k=min(len(GUI_LABELS), rng.randint(*count)))
+        font = _font(max(8, h // 18))
+        for label in labels:
+            kind = rng.choice(("button", "button", "field"))
+            left, top, right, bottom = font.getbbox(label)
+            bw, bh = right - left + 12, bottom - top + 10
+            xy = self._place(bw, bh)
+            if xy is None or xy[1] < h // 12 + 2:
+                continue
+            mask = Image.new("L", (bw, bh), 255)
+            fill = (rng.randint(40, 200), rng.randint(40, 200), rng.randint(40, 200)) if kind == "button" else (255, 255, 255)
+            canvas = Image.new("RGB", (bw, bh), fill)
+            d = ImageDraw.Draw(canvas)
+            d.rectangle([0, 0, bw - 1, bh - 1], outline=(60, 60, 60))
+            text_color = (255, 255, 255) if kind == "button" and sum(fill) < 360 else (20, 20, 20)
+            d.text((6 - left, 5 - top), label, fill=text_color, font=font)
+            n_before = len(self.placed)
+            self._paste(canvas, mask, xy, {"kind": kind, "label": label})
+            if len(self.placed) > n_before:
+                objects.append({"phrase": f"{label} {kind}", "text": label, "bbox": self.placed[-1].box})
+        return {"objects": objects, "categories": sorted(o["phrase"] for o in objects)}
+
+
+def _related(box: list[float], anchor: list[float], axis: int, sign: int) -> bool:
+    """``box`` lies wholly on the ``sign`` side of ``anchor`` along ``axis`` (0: x, 1: y)."""
+    if sign < 0:
+        return box[2 + axis] <= anchor[axis]
+    return box[axis] >= anchor[2 + axis]
+
+
+# --------------------------------------------------------------------------- stick figures
+
+_LIMBS = [("left shoulder", "right shoulder"), ("left hip", "right hip"), ("left shoulder", "left elbow"),
+          ("left elbow", "left wrist"), ("right shoulder", "right elbow"), ("right elbow", "right wrist"),
+          ("left hip", "left knee"), ("left knee", "left ankle"), ("right hip", "right knee"),
+          ("right knee", "right ankle"), ("neck", "pelvis")]
+
+
+def _stick_figure(rng: random.Random, h: int) -> dict[str, tuple[float, float]]:
+    """Joint positions of a figure about ``h`` pixels tall, facing the viewer (its left on our right)."""
+    u = h / 8.0
+    lean = rng.uniform(-0.25, 0.25)
+    pelvis = (0.0, 4.2 * u)
+    neck = (pelvis[0] + math.sin(lean) * 2.4 * u, pelvis[1] - math.cos(lean) * 2.4 * u)
+    head = (neck[0], neck[1] - 0.9 * u)
+    j: dict[str, tuple[float, float]] = {"neck": neck, "pelvis": pelvis}
+    j["nose"] = (head[0], head[1] + 0.1 * u)
+    j["left eye"], j["right eye"] = (head[0] + 0.25 * u, head[1] - 0.15 * u), (head[0] - 0.25 * u, head[1] - 0.15 * u)
+    j["left ear"], j["right ear"] = (head[0] + 0.55 * u, head[1]), (head[0] - 0.55 * u, head[1])
+    for side, s in (("left", 1), ("right", -1)):
+        shoulder = (neck[0] + s * 0.9 * u, neck[1] + 0.2 * u)
+        hip = (pelvis[0] + s * 0.6 * u, pelvis[1])
+        a1 = math.radians(rng.uniform(-40, 120))  # arm swing from hanging down
+        a2 = a1 + math.radians(rng.uniform(0, 90))
+        elbow = (shoulder[0] + s * math.sin(a1) * 1.4 * u, shoulder[1] + math.cos(a1) * 1.4 * u)
+        wrist = (elbow[0] + s * math.sin(a2) * 1.3 * u, elbow[1] + math.cos(a2) * 1.3 * u)
+        l1 = math.radians(rng.uniform(-10, 35))
+        l2 = l1 - math.radians(rng.uniform(0, 40))
+        knee = (hip[0] + s * math.sin(l1) * 1.8 * u, hip[1] + math.cos(l1) * 1.8 * u)
+        ankle = (knee[0] + s * math.sin(l2) * 1.8 * u, knee[1] + math.cos(l2) * 1.8 * u)
+        j.update({f"{side} shoulder": shoulder, f"{side} hip": hip, f"{side} elbow": elbow,
+                  f"{side} wrist": wrist, f"{side} knee": knee, f"{side} ankle": ankle})
+    return {k: j[k] for k in PERSON_KEYPOINTS} | {"_head": head, "_neck": neck, "_pelvis": pelvis}
+
+
+def _draw_figure(draw: ImageDraw.ImageDraw, joints: dict, h: int) -> None:
+    width = max(1, h // 30)
+    pts = dict(joints)
+    pts["neck"], pts["pelvis"] = pts.pop("_neck"), pts.pop("_pelvis")
+    head = pts.pop("_head")
+    for a, b in _LIMBS:
+        draw.line([pts[a], pts[b]], fill=255, width=width)
+    r = h / 8.0 * 0.7
+    draw.ellipse([head[0] - r, head[1] - r, head[0] + r, head[1] + r], fill=255)
+    joints.pop("_head"), joints.pop("_neck"), joints.pop("_pelvis")
+
+
+# --------------------------------------------------------------------------- writing a data set
+
+
+def write_synth_dataset(out_dir: str, n: int, seed: int = 0, size: int = 224, modes: Sequence[str] = ("shapes",),
+                        image_format: str = "png", progress: bool = True, **options) -> str:
+    """Write ``n`` scenes (modes taken in turn) as ``out_dir/images/*`` and ``out_dir/samples.jsonl``.
+
+    Scene ``i`` uses seed ``seed * 1_000_003 + i``, so any scene can be regenerated alone.
+    Returns the JSONL path.
+    """
+    import json
+
+    from tqdm import tqdm
+
+    os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
+    path = os.path.join(out_dir, "samples.jsonl")
+    with open(path, "w", encoding="utf-8") as f:
+        for i in tqdm(range(n), desc="synth", unit="scene", disable=not progress):
+            mode = modes[i % len(modes)]
+            image, sample = generate_scene(seed * 1_000_003 + i, size, mode, **options)
+            rel = f"images/{i:07d}.{image_format}"
+            image.save(os.path.join(out_dir, rel))
+            sample["image"] = rel
+            sample["seed"] = seed * 1_000_003 + i
+            f.write(json.dumps(sample, ensure_ascii=False) + "\n")
+    return path

@@ -1,0 +1,229 @@
+"""Task builders: one sample of the schema -> one training example (prompt and answer text).
+
+    example = build_example(sample, "grounding", rng)
+    example["prompt"]   # user text after the image (rexomni.prompts)
+    example["answer"]   # assistant text in the output grammar (rexomni.grammar)
+
+An example is ``{"task", "image", "width", "height", "prompt", "answer", "phrases", "targets"}``:
+``phrases`` are the asked phrases, ``targets`` the objects the answer encodes (with the geometry it
+encodes). Builders draw with the ``random.Random`` they are given and nothing else, so a seed fixes
+the example. Negative phrases and boxes of a sample go into the prompt as conditioning and are
+never answered. A sample that cannot serve a task raises ``TaskNotApplicable``.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+from rexomni.grammar import format_answer, format_keypoints
+from rexomni.prompts import KEYPOINT_NAMES, build_prompt, sample_template
+
+from .masks import deepest_point, object_mask
+
+TASKS = ("grounding", "referring", "pointing", "visual_prompting", "keypoints", "ocr_box", "ocr_polygon",
+         "gui_grounding", "gui_pointing")
+# Our task name -> the prompt family of rexomni.prompts.
+PROMPT_TASK = {"grounding": "detection", "referring": "detection", "pointing": "pointing",
+               "visual_prompting": "visual_prompting", "keypoints": "keypoint", "ocr_box": "ocr_box",
+               "ocr_polygon": "ocr_polygon", "gui_grounding": "gui_grounding", "gui_pointing": "gui_pointing"}
+
+MAX_PHRASES = 4   # positive phrases asked at most in one grounding / pointing example
+MAX_ABSENT = 3    # verified-absent phrases asked at most (answered None)
+MAX_EXAMPLE_BOXES = 3  # visual prompting: example boxes given at most
+
+
+class TaskNotApplicable(ValueError):
+    """The sample lacks what the task needs (no keypoints for ``keypoints``, no text for OCR, ...)."""
+
+
+def build_example(sample: dict, task: str, rng: random.Random | int | None = None, codec: str = "center",
+                  paraphrase: bool = True) -> dict:
+    """Turn ``sample`` into one ``task`` example. ``paraphrase=False`` uses the released wording only."""
+    if task not in BUILDERS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    rng = rng if isinstance(rng, random.Random) else random.Random(rng)
+    return BUILDERS[task](_Context(sample, rng, codec, paraphrase))
+
+
+class _Context:
+    """What every builder needs: the sample, its negatives, the rng, the codec and the prompt wording."""
+
+    def __init__(self, sample: dict, rng: random.Random, codec: str, paraphrase: bool):
+        self.sample, self.rng, self.codec, self.paraphrase = sample, rng, codec, paraphrase
+        self.width, self.height = sample["width"], sample["height"]
+        negatives = sample.get("negatives") or {}
+        self.negative_phrases = list(negatives.get("phrases", []))
+        self.negative_boxes = list(negatives.get("boxes", []))
+        skip = set(self.negative_phrases)
+        self.objects = [o for o in sample.get("objects", []) if o.get("phrase") not in skip]
+
+    def prompt(self, task: str, categories, **kwargs) -> str:
+        prompt_task = PROMPT_TASK[task]
+        template = sample_template(prompt_task, self.rng) if self.paraphrase else None
+        return build_prompt(prompt_task, categories, width=self.width, height=self.height, codec=self.codec,
+                            negatives=self.negative_phrases, negative_boxes=self.negative_boxes,
+                            template=template, **kwargs)
+
+    def example(self, task: str, prompt: str, answer: str, phrases: list[str], targets: list[dict]) -> dict:
+        return {"task": task, "image": self.sample.get("image"), "width": self.width, "height": self.height,
+                "prompt": prompt, "answer": answer, "phrases": phrases, "targets": targets,
+                "source": self.sample.get("source")}
+
+    def by_phrase(self, objects: list[dict], need: str) -> dict[str, list[dict]]:
+        groups: dict[str, list[dict]] = {}
+        for o in objects:
+            if o.get(need) is not None or (need == "point" and o.get("bbox") is not None):
+                groups.setdefault(o["phrase"], []).append(o)
+        return groups
+
+    def draw_phrases(self, present: list[str]) -> list[str]:
+        """1..MAX_PHRASES present phrases plus 0..MAX_ABSENT verified-absent ones, shuffled."""
+        rng = self.rng
+        asked = rng.sample(present, rng.randint(1, min(len(present), MAX_PHRASES))) if present else []
+        skip = set(present) | set(self.negative_phrases)
+        absent = [c for c in self.sample.get("categories", []) if c not in skip]
+        if absent:
+            low = 0 if asked else 1
+            asked += rng.sample(absent, rng.randint(low, min(len(absent), MAX_ABSENT)))
+        if not asked:
+            raise TaskNotApplicable("the sample has no phrase to ask (no objects and no verified-absent categories)")
+        rng.shuffle(asked)
+        return asked
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def _grounding(ctx: _Context) -> dict:
+    groups = ctx.by_phrase(ctx.objects, "bbox")
+    phrases = ctx.draw_phrases(sorted(groups))
+    targets = [{"phrase": p, "bbox": o["bbox"]} for p in phrases for o in groups.get(p, [])]
+    answer = format_answer(targets, ctx.width, ctx.height, ctx.codec, phrases=phrases, kind="box")
+    return ctx.example("grounding", ctx.prompt("grounding", phrases), answer, phrases, targets)
+
+
+def _referring(ctx: _Context) -> dict:
+    pool = ctx.sample.get("referring") or ctx.objects
+    negatives = set(ctx.negative_phrases)
+    groups = ctx.by_phrase([o for o in pool if o.get("phrase") not in negatives and o.get("category") not in negatives],
+                           "bbox")
+    if not groups:
+        raise TaskNotApplicable("the sample has no referring expression with a box")
+    phrase = ctx.rng.choice(sorted(groups))
+    targets = [{"phrase": phrase, "bbox": o["bbox"]} for o in groups[phrase]]
+    answer = format_answer(targets, ctx.width, ctx.height, ctx.codec, phrases=[phrase], kind="box")
+    return ctx.example("referring", ctx.prompt("referring", [phrase]), answer, [phrase], targets)
+
+
+def point_of(obj: dict, width: int, height: int) -> list[float]:
+    """A point on the object: its own ``point``, else the mask pixel farthest from the mask's
+    boundary, else (no mask or polygon) the box centre."""
+    if obj.get("point") is not None:
+        return [float(v) for v in obj["point"]]
+    mask = object_mask(obj, height, width)
+    point = deepest_point(mask) if mask is not None else None
+    if point is None:
+        x0, y0, x1, y1 = obj["bbox"]
+        point = [(x0 + x1) / 2, (y0 + y1) / 2]
+    return point
+
+
+def _pointing(ctx: _Context) -> dict:
+    groups = ctx.by_phrase(ctx.objects, "point")
+    phrases = ctx.draw_phrases(sorted(groups))
+    targets = [{"phrase": p, "point": point_of(o, ctx.width, ctx.height)} for p in phrases for o in groups.get(p, [])]
+    answer = format_answer(targets, ctx.width, ctx.height, ctx.codec, phrases=phrases, kind="point")
+    return ctx.example("pointing", ctx.prompt("pointing", phrases), answer, phrases, targets)
+
+
+def _visual_prompting(ctx: _Context) -> dict:
+    groups = ctx.by_phrase(ctx.objects, "bbox")
+    if not groups:
+        raise TaskNotApplicable("visual prompting needs at least one object with a box")
+    phrase = ctx.rng.choice(sorted(groups))
+    instances = groups[phrase]
+    examples = ctx.rng.sample(instances, ctx.rng.randint(1, min(len(instances), MAX_EXAMPLE_BOXES)))
+    # The released weights answer the example group under the name object_1.
+    targets = [{"phrase": "object_1", "bbox": o["bbox"], "category": phrase} for o in instances]
+    answer = format_answer(targets, ctx.width, ctx.height, ctx.codec, phrases=["object_1"], kind="box")
+    prompt = ctx.prompt("visual_prompting", (), visual_prompt=[[o["bbox"] for o in examples]])
+    return ctx.example("visual_prompting", prompt, answer, [phrase], targets)
+
+
+def keypoint_names_for(phrase: str, names: set[str]) -> list[str]:
+    """The keypoint list (person, animal, hand) that contains every joint name the object has."""
+    if phrase in KEYPOINT_NAMES and names <= set(KEYPOINT_NAMES[phrase]):
+        return KEYPOINT_NAMES[phrase]
+    for candidates in KEYPOINT_NAMES.values():
+        if names <= set(candidates):
+            return candidates
+    raise TaskNotApplicable(f"keypoint names {sorted(names)[:4]}... of {phrase!r} match no known skeleton")
+
+
+def _keypoints(ctx: _Context) -> dict:
+    groups = ctx.by_phrase([o for o in ctx.objects if o.get("bbox") is not None], "keypoints")
+    if not groups:
+        raise TaskNotApplicable("the sample has no object with keypoints")
+    phrase = ctx.rng.choice(sorted(groups))
+    targets = groups[phrase]
+    names = keypoint_names_for(phrase, {k for o in targets for k in o["keypoints"]})
+    prompt = ctx.prompt("keypoints", [phrase], keypoint_names=names)
+    answer = format_keypoints(targets, ctx.width, ctx.height, names, ctx.codec)
+    return ctx.example("keypoints", prompt, answer, [phrase], targets)
+
+
+def _ocr(ctx: _Context, task: str) -> dict:
+    texts = [o for o in ctx.objects if o.get("text") and (o.get("bbox") is not None or o.get("polygon") is not None)]
+    if not texts:
+        raise TaskNotApplicable("the sample has no object with text")
+    unit = texts[0]["phrase"] if texts[0]["phrase"] in ("word", "text line") else "word"
+    kind = "polygon" if task == "ocr_polygon" else "box"
+    targets = []
+    for o in texts:
+        target = {"phrase": o["text"]}
+        if kind == "polygon":
+            x0, y0, x1, y1 = o.get("bbox") or (0, 0, 0, 0)
+            target["polygon"] = o.get("polygon") or [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
+        else:
+            target["bbox"] = o["bbox"] if o.get("bbox") is not None else _polygon_box(o["polygon"])
+        targets.append(target)
+    targets.sort(key=lambda t: (_top_left(t)[1], _top_left(t)[0]))  # reading order
+    answer = format_answer(targets, ctx.width, ctx.height, ctx.codec, kind=kind)
+    return ctx.example(task, ctx.prompt(task, [unit]), answer, [unit], targets)
+
+
+def _polygon_box(polygon) -> list[float]:
+    xs, ys = [p[0] for p in polygon], [p[1] for p in polygon]
+    return [min(xs), min(ys), max(xs), max(ys)]
+
+
+def _top_left(target: dict) -> list[float]:
+    return target["bbox"][:2] if "bbox" in target else _polygon_box(target["polygon"])[:2]
+
+
+def _gui(ctx: _Context, task: str) -> dict:
+    groups = ctx.by_phrase(ctx.objects, "bbox")
+    if not groups:
+        raise TaskNotApplicable("the sample has no element with a box")
+    phrase = ctx.rng.choice(sorted(groups))
+    if task == "gui_pointing":
+        targets = [{"phrase": phrase, "point": point_of(o, ctx.width, ctx.height)} for o in groups[phrase]]
+    else:
+        targets = [{"phrase": phrase, "bbox": o["bbox"]} for o in groups[phrase]]
+    kind = "point" if task == "gui_pointing" else "box"
+    answer = format_answer(targets, ctx.width, ctx.height, ctx.codec, phrases=[phrase], kind=kind)
+    return ctx.example(task, ctx.prompt(task, [phrase]), answer, [phrase], targets)
+
+
+BUILDERS: dict[str, Callable[[_Context], dict]] = {
+    "grounding": _grounding,
+    "referring": _referring,
+    "pointing": _pointing,
+    "visual_prompting": _visual_prompting,
+    "keypoints": _keypoints,
+    "ocr_box": lambda ctx: _ocr(ctx, "ocr_box"),
+    "ocr_polygon": lambda ctx: _ocr(ctx, "ocr_polygon"),
+    "gui_grounding": lambda ctx: _gui(ctx, "gui_grounding"),
+    "gui_pointing": lambda ctx: _gui(ctx, "gui_pointing"),
+}

@@ -1,0 +1,132 @@
+"""Task builders: answers must parse back (with rexomni.grammar) into exactly the targets."""
+
+import random
+
+import numpy as np
+import pytest
+
+from rexomni.codec import get_codec
+from rexomni.data_engines.masks import rle_decode, rle_encode
+from rexomni.data_engines.synth import generate_scene
+from rexomni.data_engines.tasks import TASKS, TaskNotApplicable, build_example, point_of
+from rexomni.grammar import parse_output
+from rexomni.tokens import NEG_BOX_START, NEG_REF_START
+
+MODE_TASKS = {"shapes": ["grounding", "referring", "pointing", "visual_prompting"], "keypoints": ["keypoints"],
+              "ocr": ["ocr_box", "ocr_polygon"], "gui": ["gui_grounding", "gui_pointing"]}
+TOL = 224 / 1000  # one bin
+
+
+def test_every_task_is_built_and_parses_cleanly():
+    assert sorted(t for ts in MODE_TASKS.values() for t in ts) == sorted(TASKS)
+    for mode, tasks in MODE_TASKS.items():
+        for seed in range(10):
+            _, sample = generate_scene(seed, 224, mode, negative_prob=0.5)
+            for task in tasks:
+                for codec in ("center", "rexomni"):
+                    ex = build_example(sample, task, random.Random(seed), codec=codec)
+                    parsed = parse_output(ex["answer"], 224, 224, codec)
+                    assert parsed.problems == [], (task, ex["answer"])
+                    assert ex["prompt"] and ex["task"] == task and ex["width"] == 224
+
+
+def test_same_seed_same_example():
+    _, sample = generate_scene(3, 224)
+    a = build_example(sample, "grounding", random.Random(5))
+    assert a == build_example(sample, "grounding", 5)
+    assert any(build_example(sample, "grounding", s)["prompt"] != a["prompt"] for s in range(6, 12))
+
+
+def test_grounding_answers_asked_phrases_in_order_with_none_for_absent():
+    absent_seen = 0
+    for seed in range(20):
+        _, sample = generate_scene(seed, 224)
+        ex = build_example(sample, "grounding", seed)
+        parsed = parse_output(ex["answer"], 224, 224)
+        assert list(parsed.phrases) == ex["phrases"]
+        for phrase in ex["phrases"]:
+            truth = sorted(o["bbox"] for o in sample["objects"] if o["phrase"] == phrase)
+            got = sorted(item.coords for item in parsed.phrases[phrase])
+            assert len(got) == len(truth)
+            assert np.allclose(got, truth, atol=TOL)
+            absent_seen += not truth
+    assert absent_seen > 0
+
+
+def test_negatives_are_conditioned_on_and_never_answered():
+    built = 0
+    for seed in range(30):
+        _, sample = generate_scene(seed, 224, negative_prob=1.0)
+        if "negatives" not in sample:
+            continue
+        (negative,) = sample["negatives"]["phrases"]
+        for task in ("grounding", "pointing", "referring", "visual_prompting"):
+            try:
+                ex = build_example(sample, task, seed)
+            except TaskNotApplicable:
+                continue
+            built += 1
+            assert f"{NEG_REF_START}{negative}" in ex["prompt"]
+            assert (NEG_BOX_START in ex["prompt"]) == bool(sample["negatives"].get("boxes"))
+            assert negative not in ex["phrases"]
+            assert all(t.get("category", t["phrase"]) != negative for t in ex["targets"])
+    assert built > 20
+
+
+def test_pointing_uses_the_deepest_mask_point_else_the_box_centre():
+    mask = np.zeros((100, 100), bool)
+    mask[10:90, 10:30] = True   # an L shape: its box centre (30, 50) lies outside the mask
+    mask[70:90, 10:90] = True
+    obj = {"phrase": "ell", "bbox": [10, 10, 90, 90], "mask": rle_encode(mask)}
+    x, y = point_of(obj, 100, 100)
+    assert mask[int(y), int(x)]
+    assert point_of({"phrase": "box", "bbox": [10, 20, 30, 60]}, 100, 100) == [20, 40]
+    sample = {"image": "x.png", "width": 100, "height": 100, "objects": [obj]}
+    ex = build_example(sample, "pointing", 0)
+    (item,) = parse_output(ex["answer"], 100, 100).phrases["ell"]
+    assert mask[int(item.coords[1]), int(item.coords[0])]
+
+
+def test_visual_prompt_answers_every_instance():
+    _, sample = generate_scene(0, 224, "single", granularity="kind", num_objects=(3, 3), kinds=["circle"])
+    ex = build_example(sample, "visual_prompting", 1)
+    assert '"object_1": ["<' in ex["prompt"]
+    items = parse_output(ex["answer"], 224, 224).phrases["object_1"]
+    assert len(items) == len(sample["objects"]) == 3
+
+
+def test_keypoints_and_ocr_parse_back():
+    _, figures = generate_scene(2, 224, "keypoints")
+    ex = build_example(figures, "keypoints", 0, paraphrase=False)
+    assert ex["prompt"].startswith("Can you detect each person")
+    items = parse_output(ex["answer"], 224, 224).phrases["person"]
+    assert len(items) == len(figures["objects"])
+    nose = sorted(o["keypoints"]["nose"] for o in figures["objects"])
+    assert np.allclose(sorted(i.keypoints["nose"] for i in items), nose, atol=TOL)
+
+    _, words = generate_scene(2, 224, "ocr")
+    ex = build_example(words, "ocr_polygon", 0)
+    parsed = parse_output(ex["answer"], 224, 224)
+    assert set(parsed.phrases) == {o["text"] for o in words["objects"]}
+    assert all(item.kind == "polygon" for _, item in parsed.items())
+
+
+def test_codec_is_honoured():
+    _, sample = generate_scene(4, 224, "single", num_objects=(1, 1))
+    (obj,) = sample["objects"]
+    for codec in ("center", "rexomni"):
+        ex = build_example(sample, "grounding", 0, codec=codec)
+        bins = get_codec(codec).encode(np.array(obj["bbox"]), 224, 224).tolist()
+        assert "".join(f"<{b}>" for b in bins) in ex["answer"]
+
+
+def test_inapplicable_and_unknown_tasks():
+    _, shapes = generate_scene(0, 128)
+    for task in ("keypoints", "ocr_box"):
+        with pytest.raises(TaskNotApplicable):
+            build_example(shapes, task, 0)
+    with pytest.raises(ValueError, match="unknown task"):
+        build_example(shapes, "captioning", 0)
+    empty = {"image": "x.png", "width": 10, "height": 10, "objects": []}
+    with pytest.raises(TaskNotApplicable):
+        build_example(empty, "grounding", 0)
