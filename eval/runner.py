@@ -1,0 +1,264 @@
+"""The benchmark runner: read a benchmark spec, run a model on its data sets, score, report.
+
+A spec is YAML (see eval/benchmarks/):
+
+```yaml
+name: coco-mini
+protocol: strict            # or rexomni
+batch_size: 8
+datasets:
+  - name: coco-val
+    annotations: /data/coco/annotations/instances_val2017.json
+    format: coco            # optional: the readers detect it
+    image_root: /data/coco/val2017
+    task: detection         # detection, referring, pointing, visual_prompting, keypoint, language
+    metrics: [f1, coco]     # optional: the task's defaults
+    limit: 500              # optional: the first N samples
+    ask: categories         # what the model is asked: the sample's categories, or only the present ones
+    predict: {}             # optional keyword arguments for model.predict
+```
+
+Predictions are cached in ``OUT/predictions/<dataset>.jsonl``, one line per sample, flushed per
+batch: a re-run reads the cache and runs only the samples not in it, so a killed run resumes.
+An image that cannot be read is recorded as skipped (and not retried), counted, and left out of the
+scores.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data import Prediction, load_annotations
+from .protocols import get_protocol
+from .scoring import TASK_METRICS, score
+
+logger = logging.getLogger(__name__)
+
+# The model task each benchmark task asks for.
+MODEL_TASK = {"detection": "detection", "referring": "detection", "language": "detection",
+              "pointing": "pointing", "visual_prompting": "visual_prompting", "keypoint": "keypoint"}
+
+
+@dataclass
+class DatasetSpec:
+    name: str
+    annotations: str
+    task: str = "detection"
+    format: str | None = None
+    image_root: str | None = None
+    metrics: list[str] | None = None
+    limit: int | None = None
+    ask: str = "categories"
+    coco_style: bool | None = None
+    predict: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.task not in MODEL_TASK:
+            raise ValueError(f"dataset {self.name!r}: unknown task {self.task!r}; expected one of {sorted(MODEL_TASK)}")
+        if self.ask not in ("categories", "present"):
+            raise ValueError(f"dataset {self.name!r}: ask must be 'categories' or 'present', got {self.ask!r}")
+        unknown = set(self.metrics or []) - set(TASK_METRICS)
+        if unknown:
+            raise ValueError(f"dataset {self.name!r}: unknown metrics {sorted(unknown)}; known: {sorted(TASK_METRICS)}")
+
+
+@dataclass
+class BenchmarkSpec:
+    name: str
+    datasets: list[DatasetSpec]
+    protocol: str = "strict"
+    batch_size: int = 8
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> BenchmarkSpec:
+        """Read a spec; relative paths in it are taken from the spec's folder."""
+        import yaml
+
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+        if not isinstance(raw, Mapping) or not raw.get("datasets"):
+            raise ValueError(f"benchmark spec {str(path)!r} needs a 'datasets' list")
+        base = Path(path).resolve().parent
+        datasets = []
+        for i, d in enumerate(raw["datasets"]):
+            if not isinstance(d, Mapping) or "annotations" not in d:
+                raise ValueError(f"benchmark spec {str(path)!r}: dataset {i} needs 'annotations'")
+            d = dict(d)
+            d.setdefault("name", Path(d["annotations"]).stem)
+            for key in ("annotations", "image_root"):
+                if d.get(key) and not os.path.isabs(d[key]):
+                    d[key] = str(base / d[key])
+            try:
+                datasets.append(DatasetSpec(**d))
+            except TypeError as e:
+                raise ValueError(f"benchmark spec {str(path)!r}: dataset {d['name']!r}: {e}") from None
+        get_protocol(raw.get("protocol", "strict"))  # fail early on a bad name
+        return cls(name=str(raw.get("name", Path(path).stem)), datasets=datasets,
+                   protocol=raw.get("protocol", "strict"), batch_size=int(raw.get("batch_size", 8)))
+
+
+# --------------------------------------------------------------------------- prediction cache
+
+
+class PredictionCache:
+    """An append-only JSONL of predictions, one line per sample key."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.lines: dict[str, dict] = {}
+        if self.path.exists():
+            self._read()
+
+    def _read(self) -> None:
+        with open(self.path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # the line a killed run was writing
+                    logger.warning("%s:%d: unreadable cache line ignored (an interrupted write)", self.path, n)
+                    continue
+                if isinstance(record, dict) and "key" in record:
+                    self.lines[record["key"]] = record
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.lines
+
+    def write(self, records: list[dict]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            if f.tell() and not self._ends_with_newline():
+                f.write("\n")  # never glue a record onto a half-written line
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                self.lines[record["key"]] = record
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+
+    def predictions(self) -> dict[str, Prediction]:
+        return {k: Prediction.from_dict(r) for k, r in self.lines.items() if not r.get("skipped")}
+
+    def skipped(self) -> set[str]:
+        return {k for k, r in self.lines.items() if r.get("skipped")}
+
+
+# --------------------------------------------------------------------------- running a model
+
+
+def asked_categories(sample: Mapping, ask: str = "categories") -> list[str]:
+    """The phrases a sample asks the model about."""
+    present = list(dict.fromkeys(str(o["phrase"]) for o in sample.get("objects", [])))
+    if ask == "present":
+        return present
+    categories = [str(c) for c in sample.get("categories") or []] or present
+    negatives = [str(p) for p in (sample.get("negatives") or {}).get("phrases", [])]
+    return list(dict.fromkeys(categories + negatives))
+
+
+def _request(sample: Mapping, spec: DatasetSpec) -> dict[str, Any]:
+    """Keyword arguments for ``model.predict`` for one sample (besides images and task)."""
+    request: dict[str, Any] = {"categories": asked_categories(sample, spec.ask)}
+    if spec.task == "visual_prompting" and sample.get("visual_prompt") is not None:
+        request["visual_prompt"] = sample["visual_prompt"]
+    return {**spec.predict, **request}
+
+
+def predict_dataset(model: Any, samples: list[dict], spec: DatasetSpec, cache: PredictionCache,
+                    batch_size: int = 8, progress: bool = True) -> None:
+    """Run ``model.predict`` on every sample not yet in ``cache``, batch by batch.
+
+    ``model`` is anything with ``predict(images, task=..., categories=[...], **kwargs)`` returning
+    one result per image (the detector API's ``RexOmni`` or a stand-in). Samples in one call share
+    the same request, so images asking different phrases go in separate calls.
+    """
+    from tqdm import tqdm
+
+    from rexomni.images import ImageLoadError, load_image
+
+    todo = [s for s in samples if s["key"] not in cache]
+    bar = tqdm(total=len(todo), desc=f"predict {spec.name}", unit="img", disable=not progress or None)
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start:start + batch_size]
+        records, groups = [], {}
+        for sample in batch:
+            try:
+                image = load_image(sample["image"])
+            except (ImageLoadError, OSError, ValueError) as e:
+                records.append({"key": sample["key"], "image": sample["image"], "skipped": str(e)[:200]})
+                continue
+            request = _request(sample, spec)
+            group = groups.setdefault(json.dumps(request, sort_keys=True), (request, [], []))
+            group[1].append(sample)
+            group[2].append(image)
+        for request, group_samples, images in groups.values():
+            results = model.predict(images, task=MODEL_TASK[spec.task], **request)
+            if len(results) != len(images):
+                raise RuntimeError(f"model.predict returned {len(results)} results for {len(images)} images")
+            for sample, result in zip(group_samples, results):
+                record = {"key": sample["key"], "image": sample["image"], **Prediction.from_result(result).to_dict()}
+                if getattr(result, "raw_text", None) is not None:
+                    record["raw_text"] = result.raw_text
+                records.append(record)
+        cache.write(records)
+        bar.update(len(batch))
+    bar.close()
+
+
+# --------------------------------------------------------------------------- the whole benchmark
+
+
+def run_benchmark(model: Any, spec: BenchmarkSpec | str | os.PathLike, out_dir: str | os.PathLike,
+                  protocol: str | None = None, progress: bool = True) -> dict[str, dict[str, float]]:
+    """Predict (resuming from the cache), score every data set and write the reports.
+
+    Returns ``{dataset name: flat metrics}``; writes ``results.json``, ``results.md`` and
+    ``plots/*.png`` in ``out_dir``.
+    """
+    from .report import write_reports
+
+    if not isinstance(spec, BenchmarkSpec):
+        spec = BenchmarkSpec.from_yaml(spec)
+    protocol = protocol or spec.protocol
+    out_dir = Path(out_dir)
+    results, curves = {}, {}
+    for dataset in spec.datasets:
+        samples = load_annotations(dataset.annotations, dataset.format, dataset.image_root)
+        if dataset.limit is not None:
+            samples = samples[: dataset.limit]
+        cache = PredictionCache(out_dir / "predictions" / f"{dataset.name}.jsonl")
+        predict_dataset(model, samples, dataset, cache, spec.batch_size, progress)
+        skipped = cache.skipped()
+        scored = [s for s in samples if s["key"] not in skipped]
+        metrics, dataset_curves = score(scored, cache.predictions(), dataset.task, dataset.metrics, protocol,
+                                        dataset.coco_style)
+        metrics["samples"] = float(len(scored))
+        metrics["skipped_images"] = float(len(skipped & {s["key"] for s in samples}))
+        results[dataset.name], curves[dataset.name] = metrics, dataset_curves
+    write_reports(results, curves, out_dir, title=f"{spec.name} ({get_protocol(protocol).name} protocol)")
+    return results
+
+
+def score_files(predictions: str | os.PathLike, annotations: str | os.PathLike, task: str = "detection",
+                metrics: list[str] | None = None, protocol: str = "strict", fmt: str | None = None,
+                coco_style: bool | None = None) -> tuple[dict[str, float], dict]:
+    """Score a predictions file (project JSONL or COCO results JSON) against annotations."""
+    from .data import load_predictions
+
+    samples = load_annotations(annotations, fmt)
+    coco_gt = annotations if str(annotations).endswith(".json") else None
+    preds = load_predictions(predictions, samples, coco_annotations=coco_gt)
+    result, curves = score(samples, preds, task, metrics, protocol, coco_style)
+    result["samples"] = float(len(samples))
+    result["samples_without_prediction"] = float(sum(s["key"] not in preds for s in samples))
+    return result, curves
+
+
+__all__ = ["BenchmarkSpec", "DatasetSpec", "PredictionCache", "predict_dataset", "run_benchmark", "score_files"]
