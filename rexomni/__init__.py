@@ -25,7 +25,30 @@ from .tokens import TokenIds, decode_answer, grow_embeddings, prepare_tokenizer
 
 __version__ = "0.1.0"
 
-__all__ = [
+# Heavy names (torch, transformers) load on first use: `import rexomni` stays light.
+_LAZY = {
+    "RexOmni": "rexomni.api",
+    "Result": "rexomni.api",
+    "RexOmniSettings": "rexomni.modeling",
+    "build_model": "rexomni.modeling",
+    "init_checkpoint": "rexomni.modeling",
+    "RexOmniProcessor": "rexomni.processing",
+    "load_image": "rexomni.images",
+    "ImageLoadError": "rexomni.images",
+    "draw_result": "rexomni.draw",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'rexomni' has no attribute {name!r}")
+
+__all__ = [*_LAZY,
     "ANIMAL_KEYPOINTS", "CODECS", "CoordCodec", "HAND_KEYPOINTS", "Item", "KEYPOINT_NAMES", "PERSON_KEYPOINTS",
     "ParsedOutput", "SYSTEM_PROMPT", "TASKS", "TEMPLATES", "TRAIN_POOLS", "TokenIds", "build_messages",
     "build_prompt", "decode_answer", "format_answer", "format_keypoints", "get_codec", "grow_embeddings",

@@ -1,0 +1,572 @@
+"""The detector API: ``RexOmni.from_pretrained(...)`` and ``detect``/``point``/... on images.
+
+A list of images is answered as one left-padded batch (split into ``batch_size`` chunks); one
+image gives one :class:`Result`, a list gives a list. Coordinates come back in pixels of the
+original image. Every box and point has a confidence score from the probabilities of the tokens
+that wrote it (see :func:`item_score` and docs/api.md). Decoding is constrained to the answer
+grammar by default (:mod:`rexomni.constrained`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .codec import get_codec
+from .grammar import ParsedOutput, parse_output
+from .images import load_image
+from .modeling import SETTINGS_FILE, RexOmniSettings
+from .prompts import KEYPOINT_NAMES, SYSTEM_PROMPT, build_messages, build_prompt
+from .tokens import NUM_BINS, coord_tokens, decode_answer, prepare_tokenizer
+
+# Public task names (and their short aliases) -> (prompt template, item kind it answers with).
+TASK_ITEMS = {
+    "detection": "box", "pointing": "point", "visual_prompting": "box", "keypoint": "keypoints",
+    "ocr_box": "box", "ocr_polygon": "polygon", "gui_grounding": "box", "gui_pointing": "point",
+}
+TASK_ALIASES = {"detect": "detection", "point": "pointing", "visual_prompt": "visual_prompting",
+                "keypoints": "keypoint", "ocr": "ocr_box", "gui": "gui_grounding"}
+FREE_PHRASE_TASKS = ("ocr_box", "ocr_polygon")  # the phrase is the recognised text
+
+# What the released IDEA-Research/Rex-Omni wrapper generates with.
+RELEASED_GENERATION = {"repetition_penalty": 1.05, "max_new_tokens": 4096}
+DEFAULT_MAX_NEW_TOKENS = 1024
+
+
+def canonical_task(task: str) -> str:
+    task = TASK_ALIASES.get(task, task)
+    if task not in TASK_ITEMS:
+        raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASK_ITEMS) + sorted(TASK_ALIASES)}")
+    return task
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class Result:
+    """What the model found in one image, in pixels of the original image.
+
+    ``labels`` and ``scores`` run along the task's items: boxes (detection, visual prompts, OCR
+    boxes, GUI grounding), points (pointing, GUI pointing), polygons (OCR polygons; ``boxes``
+    then holds their bounding boxes) or keypoint instances (``boxes`` holds the instance boxes).
+    """
+
+    task: str
+    width: int
+    height: int
+    labels: list[str] = field(default_factory=list)
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), dtype=np.float32))
+    points: np.ndarray | None = None
+    polygons: list[np.ndarray] | None = None
+    keypoints: list[dict[str, list[float] | None]] | None = None
+    absent: list[str] = field(default_factory=list)  # phrases the model answered with None
+    raw_text: str = ""
+    problems: list[str] = field(default_factory=list)
+    num_prompt_tokens: int = 0
+    num_generated_tokens: int = 0
+    seconds: float = 0.0  # this image's share of its batch's wall time
+    timing: dict[str, float] = field(default_factory=dict)  # the batch's stages, in seconds
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready types."""
+        out = {
+            "task": self.task, "width": self.width, "height": self.height, "labels": list(self.labels),
+            "scores": [float(s) for s in self.scores], "boxes": np.asarray(self.boxes, dtype=float).tolist(),
+            "absent": list(self.absent), "raw_text": self.raw_text, "problems": list(self.problems),
+            "num_prompt_tokens": self.num_prompt_tokens, "num_generated_tokens": self.num_generated_tokens,
+            "seconds": self.seconds, "timing": dict(self.timing),
+        }
+        if self.points is not None:
+            out["points"] = np.asarray(self.points, dtype=float).tolist()
+        if self.polygons is not None:
+            out["polygons"] = [np.asarray(p, dtype=float).tolist() for p in self.polygons]
+        if self.keypoints is not None:
+            out["keypoints"] = self.keypoints
+        return out
+
+    def to_coco(self, image_id: int, category_ids: dict[str, int] | None = None) -> list[dict[str, Any]]:
+        """COCO detections ``{image_id, category_id, bbox: [x, y, w, h], score}``.
+
+        ``category_ids`` maps labels to ids; labels not in it are skipped. Without it the
+        ``category_id`` is the label itself (a string), for callers that map later.
+        """
+        detections = []
+        for label, score, (x0, y0, x1, y1) in zip(self.labels, self.scores, np.asarray(self.boxes)):
+            if category_ids is not None and label not in category_ids:
+                continue
+            detections.append({
+                "image_id": image_id, "category_id": category_ids[label] if category_ids is not None else label,
+                "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)], "score": float(score),
+            })
+        return detections
+
+    def to_pipeline(self) -> list[dict[str, Any]]:
+        """The ``zero-shot-object-detection`` schema: ``[{score, label, box: {xmin, ymin, xmax, ymax}}]``."""
+        return [
+            {"score": float(s), "label": label,
+             "box": {"xmin": float(b[0]), "ymin": float(b[1]), "xmax": float(b[2]), "ymax": float(b[3])}}
+            for label, s, b in zip(self.labels, self.scores, np.asarray(self.boxes))
+        ]
+
+
+def item_score(logprobs: Sequence[float]) -> float:
+    """Confidence of one item: the geometric mean probability of the coordinate tokens that wrote it.
+
+    ``exp(mean(log p))`` with p the model's softmax probability (temperature 1, before any
+    constraint or penalty) of each coordinate token as it was written.
+    """
+    if len(logprobs) == 0:
+        return float("nan")
+    return float(math.exp(sum(logprobs) / len(logprobs)))
+
+
+def build_result(task: str, parsed: ParsedOutput, width: int, height: int, coord_logprobs: list[tuple[int, float]],
+                 raw_text: str) -> Result:
+    """Parsed answer + per-coordinate-token log-probabilities -> a :class:`Result`.
+
+    ``coord_logprobs`` are the (bin, log p) of the coordinate tokens in the order they were written;
+    they are paired with the items' bins in text order.
+    """
+    kind = TASK_ITEMS[task]
+    result = Result(task=task, width=width, height=height, raw_text=raw_text, problems=list(parsed.problems))
+    cursor = 0
+    labels, scores, boxes, points, polygons, keypoints = [], [], [], [], [], []
+    skipped = 0
+    for phrase, items in parsed.phrases.items():
+        if not items:
+            result.absent.append(phrase)
+        for item in items:
+            bins = list(item.bins)
+            found, cursor = _match_bins(coord_logprobs, bins, cursor)
+            if item.kind != kind and not (kind == "box" and item.kind == "keypoints"):
+                skipped += 1
+                continue
+            labels.append(phrase)
+            scores.append(item_score(found))
+            if item.kind in ("box", "keypoints"):
+                boxes.append(item.coords)
+                if item.kind == "keypoints":
+                    keypoints.append(item.keypoints or {})
+            elif item.kind == "point":
+                points.append(item.coords)
+            else:
+                poly = np.asarray(item.coords, dtype=np.float32)
+                polygons.append(poly)
+                boxes.append([*poly.min(0), *poly.max(0)])
+    if skipped:
+        result.problems.append(f"{skipped} items not of kind {kind} ignored")
+    result.labels = labels
+    result.scores = np.asarray(scores, dtype=np.float32)
+    result.boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    if kind == "point":
+        result.points = np.asarray(points, dtype=np.float32).reshape(-1, 2)
+    if kind == "polygon":
+        result.polygons = polygons
+    if kind == "keypoints":
+        result.keypoints = keypoints
+    return result
+
+
+def _match_bins(coord_logprobs: list[tuple[int, float]], bins: list[int], cursor: int) -> tuple[list[float], int]:
+    """Log-probs of ``bins`` written in order from ``cursor``; stray coordinate tokens are skipped."""
+    found, i = [], cursor
+    for b in bins:
+        j = i
+        while j < len(coord_logprobs) and coord_logprobs[j][0] != b:
+            j += 1
+        if j == len(coord_logprobs):
+            return found, i  # not found (e.g. written as text pieces): score from what matched
+        found.append(coord_logprobs[j][1])
+        i = j + 1
+    return found, i
+
+
+# --------------------------------------------------------------------------- token log-probabilities
+
+
+class TokenLogProbRecorder:
+    """A logits processor, placed first, that records log p of each generated token.
+
+    At step t it sees the token chosen at step t-1 as the last input id and reads its
+    log-probability from the distribution it kept from step t-1; so it holds one (batch, vocab)
+    distribution at a time, never the whole history. :meth:`finish` adds the final token.
+    """
+
+    def __init__(self):
+        self.previous = None
+        self.logprobs: list = []
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self.previous is not None:
+            self.logprobs.append(self.previous.gather(1, input_ids[:, -1:]).squeeze(1))
+        self.previous = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def finish(self, sequences, prompt_length: int):
+        """(batch, generated) log-probs aligned with ``sequences[:, prompt_length:]``."""
+        import torch
+
+        steps = sequences.shape[1] - prompt_length
+        values = list(self.logprobs)
+        if self.previous is not None and len(values) < steps:
+            values.append(self.previous.gather(1, sequences[:, prompt_length + len(values)][:, None]).squeeze(1))
+        if not values:
+            return torch.zeros(sequences.shape[0], 0)
+        return torch.stack(values[:steps], dim=1).cpu()
+
+
+# --------------------------------------------------------------------------- the detector
+
+
+class RexOmni:
+    """A Rex-Omni style detector: a Qwen2.5-VL model that writes coordinate tokens.
+
+    Build it with :meth:`from_pretrained`. See docs/api.md.
+    """
+
+    def __init__(self, model, processor, settings: RexOmniSettings, *, backend: str = "transformers",
+                 device: str = "cpu", name: str = ""):
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.settings = settings
+        self.codec = get_codec(settings.coord_codec, settings.num_bins)
+        self.backend = backend
+        self.device = device
+        self.name = name
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, path: str, device: str = "cpu", backend: str = "transformers", dtype=None,
+                        attn_implementation: str | None = None, **backend_kwargs) -> RexOmni:
+        """Load a checkpoint folder or hub id.
+
+        The coordinate codec and prompt settings come from the folder's ``rexomni_config.json``.
+        A folder without one is either the released Rex-Omni (its tokenizer already has
+        ``<0>``..``<999>``: codec ``rexomni``, the released generation settings) or a plain
+        Qwen2.5-VL base (tokens are added, embeddings grown, codec ``center``). ``backend="vllm"``
+        serves generation with vLLM on a GPU.
+        """
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer.padding_side = "left"
+        settings, kind = resolve_settings(path, tokenizer)
+        token_ids = prepare_tokenizer(tokenizer, num_bins=settings.num_bins)
+        processor = _load_processor(path, tokenizer, settings)
+        if backend == "vllm":
+            from .vllm_backend import VLLMDetector
+
+            return VLLMDetector.load(path, processor, settings, **backend_kwargs)
+        if backend != "transformers":
+            raise ValueError(f"unknown backend {backend!r}; expected 'transformers' or 'vllm'")
+        import torch
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        if dtype is None:
+            dtype = torch.float32 if str(device).startswith("cpu") else torch.bfloat16
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            path, dtype=dtype, attn_implementation=attn_implementation or "sdpa", use_safetensors=True)
+        if kind == "base" or token_ids.added:
+            from .tokens import grow_embeddings
+
+            grow_embeddings(model, tokenizer, token_ids)
+        model.to(device).eval()
+        return cls(model, processor, settings, device=device, name=str(path))
+
+    # ------------------------------------------------------------------ tasks
+    def detect(self, images, categories, negatives=None, negative_boxes=None, **kwargs):
+        """Boxes of ``categories``; ``negatives`` (phrases) and ``negative_boxes`` say what not to detect."""
+        return self.predict(images, task="detection", categories=categories, negatives=negatives,
+                            negative_boxes=negative_boxes, **kwargs)
+
+    def point(self, images, categories, **kwargs):
+        """One point per instance of each category."""
+        return self.predict(images, task="pointing", categories=categories, **kwargs)
+
+    def visual_prompt(self, images, boxes, **kwargs):
+        """Objects like the example ``boxes`` (a list of boxes, or of groups, or name -> boxes)."""
+        return self.predict(images, task="visual_prompting", visual_prompt=boxes, **kwargs)
+
+    def keypoints(self, images, categories="person", keypoint_names=None, **kwargs):
+        """Instance boxes and named keypoints (person, animal or hand lists by default)."""
+        return self.predict(images, task="keypoint", categories=categories, keypoint_names=keypoint_names, **kwargs)
+
+    def ocr(self, images, level: str = "text line", polygons: bool = False, **kwargs):
+        """Text regions (``level``: "word" or "text line") with the recognised text as label."""
+        return self.predict(images, task="ocr_polygon" if polygons else "ocr_box", categories=level, **kwargs)
+
+    def gui(self, images, element: str, pointing: bool = False, **kwargs):
+        """The box (or point) of a described GUI element."""
+        return self.predict(images, task="gui_pointing" if pointing else "gui_grounding", categories=element, **kwargs)
+
+    def predict(self, images, task: str = "detection", categories=None, *, negatives=None, negative_boxes=None,
+                visual_prompt=None, keypoint_names=None, constrained: bool = True, scores: bool = True,
+                max_boxes: int | None = None, max_new_tokens: int | None = None, batch_size: int = 8,
+                progress: bool = False, **generate_kwargs):
+        """The general form. ``images``: one image or a list (path, URL, PIL, numpy or bytes).
+
+        ``categories``, ``negatives``, ``negative_boxes``, ``visual_prompt`` and ``keypoint_names``
+        are either shared by every image or given per image as a list of the same length.
+        ``generate_kwargs`` go to ``generate`` (e.g. ``do_sample=True, temperature=1.0``).
+        """
+        task = canonical_task(task)
+        single = not isinstance(images, (list, tuple))
+        image_list = [images] if single else list(images)
+        n = len(image_list)
+        if n == 0:
+            return []
+        requests = [
+            self._request(task, image, _pick(categories, i, n, depth=1), _pick(negatives, i, n, depth=1),
+                          _pick(negative_boxes, i, n, depth=2), _pick(visual_prompt, i, n, depth=2),
+                          _pick(keypoint_names, i, n, depth=1))
+            for i, image in enumerate(image_list)
+        ]
+        results = []
+        chunks = range(0, n, max(1, batch_size))
+        if progress:
+            from tqdm.auto import tqdm
+
+            chunks = tqdm(chunks, desc=f"rexomni {task}", unit="batch")
+        for start in chunks:
+            results += self._run_batch(task, requests[start:start + batch_size], constrained=constrained,
+                                       scores=scores, max_boxes=max_boxes, max_new_tokens=max_new_tokens,
+                                       **generate_kwargs)
+        return results[0] if single else results
+
+    __call__ = predict
+
+    # ------------------------------------------------------------------ internals
+    def _request(self, task, image, categories, negatives, negative_boxes, visual_prompt, keypoint_names) -> dict:
+        pil = load_image(image)
+        width, height = pil.size
+        if task == "keypoint":
+            categories = categories or "person"
+            if keypoint_names is None:
+                key = categories if isinstance(categories, str) else categories[0]
+                keypoint_names = KEYPOINT_NAMES.get(key, KEYPOINT_NAMES["person"])
+        if isinstance(categories, str):
+            categories = [categories]
+        if task == "visual_prompting" and visual_prompt is not None and not isinstance(visual_prompt, dict):
+            visual_prompt = _as_box_groups(visual_prompt)
+        prompt = build_prompt(task, categories or [], width=width, height=height, codec=self.codec,
+                              visual_prompt=visual_prompt, keypoint_names=keypoint_names,
+                              negatives=negatives or (), negative_boxes=negative_boxes or ())
+        if task == "visual_prompting":
+            names = list(visual_prompt) if isinstance(visual_prompt, dict) else \
+                [f"object_{i + 1}" for i in range(len(visual_prompt))]
+        else:
+            names = list(categories or [])
+        return {"image": pil, "width": width, "height": height, "prompt": prompt, "phrases": names}
+
+    def chat_text(self, prompt: str) -> str:
+        """The full model input text for one image and prompt (generation prompt included)."""
+        return self.processor.apply_chat_template(build_messages(prompt, system=SYSTEM_PROMPT),
+                                                  add_generation_prompt=True, tokenize=False)
+
+    def _generation_settings(self, max_new_tokens, generate_kwargs) -> dict:
+        settings = {"max_new_tokens": DEFAULT_MAX_NEW_TOKENS, "repetition_penalty": 1.0,
+                    **self.settings.generation}
+        if max_new_tokens is not None:
+            settings["max_new_tokens"] = max_new_tokens
+        settings.update(generate_kwargs)
+        return settings
+
+    def logits_processors(self, task: str, phrases, *, constrained: bool, max_boxes: int | None,
+                          max_new_tokens: int, repetition_penalty: float) -> list:
+        """[repetition penalty], [grammar constraint]; the score recorder is put before them."""
+        from transformers import RepetitionPenaltyLogitsProcessor
+
+        processors = []
+        if repetition_penalty and repetition_penalty != 1.0:
+            processors.append(RepetitionPenaltyLogitsProcessor(repetition_penalty))
+        kind = TASK_ITEMS[task]
+        if constrained and kind != "keypoints":
+            from .constrained import GrammarConstrainedLogitsProcessor
+
+            processors.append(GrammarConstrainedLogitsProcessor(
+                self.tokenizer, None if task in FREE_PHRASE_TASKS else phrases, item=kind,
+                max_boxes=max_boxes, max_new_tokens=max_new_tokens))
+        return processors
+
+    def _run_batch(self, task: str, requests: list[dict], *, constrained: bool, scores: bool,
+                   max_boxes: int | None, max_new_tokens: int | None, **generate_kwargs) -> list[Result]:
+        import torch
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        t0 = time.perf_counter()
+        texts = [self.chat_text(r["prompt"]) for r in requests]
+        inputs = self.processor(text=texts, images=[r["image"] for r in requests], padding=True, return_tensors="pt")
+        # Without mm_token_type_ids Qwen2.5-VL silently uses 1-D positions for image tokens.
+        if "mm_token_type_ids" not in inputs:
+            inputs["mm_token_type_ids"] = (inputs["input_ids"] == self.processor.image_token_id).long()
+        inputs = inputs.to(self.model.device)
+        t1 = time.perf_counter()
+
+        gen = self._generation_settings(max_new_tokens, generate_kwargs)
+        repetition_penalty = gen.pop("repetition_penalty", 1.0)
+        processors = self.logits_processors(task, [r["phrases"] for r in requests], constrained=constrained,
+                                            max_boxes=max_boxes, max_new_tokens=gen["max_new_tokens"],
+                                            repetition_penalty=repetition_penalty)
+        recorder = TokenLogProbRecorder() if scores else None
+        if recorder is not None:
+            processors.insert(0, recorder)
+        gen.setdefault("do_sample", False)
+        config = GenerationConfig(
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=[self.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")],
+            **gen)
+        with torch.inference_mode():
+            sequences = self.model.generate(**inputs, generation_config=config,
+                                            logits_processor=LogitsProcessorList(processors))
+        t2 = time.perf_counter()
+
+        prompt_length = inputs["input_ids"].shape[1]
+        logprobs = recorder.finish(sequences, prompt_length) if recorder is not None else None
+        generated = sequences[:, prompt_length:].cpu()
+        results = []
+        for i, request in enumerate(requests):
+            results.append(self._to_result(task, request, generated[i], None if logprobs is None else logprobs[i],
+                                           int(inputs["attention_mask"][i].sum())))
+        t3 = time.perf_counter()
+        timing = {"preprocess_s": t1 - t0, "generate_s": t2 - t1, "postprocess_s": t3 - t2}
+        for r in results:
+            r.timing, r.seconds = dict(timing), (t3 - t0) / len(results)
+        return results
+
+    def _to_result(self, task: str, request: dict, generated, logprobs, num_prompt_tokens: int) -> Result:
+        ids = generated.tolist()
+        text = decode_answer(self.tokenizer, ids)
+        parsed = parse_output(text, request["width"], request["height"], self.codec)
+        coord_bin = self._coord_bins()
+        coord_logprobs = []
+        stop = _answer_length(self.tokenizer, ids)
+        for pos in range(stop):
+            b = coord_bin.get(ids[pos])
+            if b is not None:
+                lp = float(logprobs[pos]) if logprobs is not None else float("nan")
+                coord_logprobs.append((b, lp))
+        result = build_result(task, parsed, request["width"], request["height"], coord_logprobs, text)
+        if logprobs is None:
+            result.scores = np.full(len(result.labels), np.nan, dtype=np.float32)
+        result.num_prompt_tokens = num_prompt_tokens
+        result.num_generated_tokens = _generated_length(self.tokenizer, ids)
+        return result
+
+    def _coord_bins(self) -> dict[int, int]:
+        if not hasattr(self, "_coord_bin_cache"):
+            ids = self.tokenizer.convert_tokens_to_ids(coord_tokens(self.settings.num_bins))
+            self._coord_bin_cache = {tid: b for b, tid in enumerate(ids)}
+        return self._coord_bin_cache
+
+
+def _answer_length(tokenizer, ids: list[int]) -> int:
+    """Index of the first end-of-turn token (the answer's end)."""
+    stop = {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
+    return next((i for i, t in enumerate(ids) if t in stop), len(ids))
+
+
+def _generated_length(tokenizer, ids: list[int]) -> int:
+    """Tokens generated, counting the end-of-turn token but not the padding after it."""
+    n = _answer_length(tokenizer, ids)
+    return min(n + 1, len(ids))
+
+
+def _pick(value, i: int, n: int, depth: int):
+    """``value`` for image ``i``: shared, or per image when it is a list of ``n`` per-image values.
+
+    ``depth`` is the nesting of one image's value (1: a list of strings; 2: a list of boxes).
+    """
+    if value is None or isinstance(value, (str, dict)):
+        return value
+    value = list(value)
+    if n > 1 and len(value) == n and all(_nesting(v) == depth for v in value):
+        return value[i]
+    if n > 1 and depth == 2 and value and _nesting(value) == depth:
+        raise ValueError("boxes for a batch must be given per image: a list with one list of boxes per image")
+    return value
+
+
+def _nesting(value) -> int:
+    depth = 0
+    while isinstance(value, (list, tuple, np.ndarray)) and len(value) > 0:
+        value = value[0]
+        depth += 1
+    if isinstance(value, str):
+        return depth
+    return depth - 1 if depth else 0
+
+
+def _as_box_groups(boxes) -> list:
+    """One box, a list of boxes, or a list of groups -> a list of groups."""
+    arr_depth = _nesting(boxes)
+    if arr_depth == 0:
+        return [[list(boxes)]]
+    if arr_depth == 1:
+        return [[list(b) for b in boxes]]
+    return [[list(b) for b in group] for group in boxes]
+
+
+# --------------------------------------------------------------------------- settings and processor
+
+
+def resolve_settings(path: str, tokenizer) -> tuple[RexOmniSettings, str]:
+    """(settings, kind): kind is "project" (settings file found), "released" or "base". Never guessed
+    beyond this rule: a tokenizer that already holds every coordinate token is the released Rex-Omni."""
+    settings_path = _settings_file(path)
+    if settings_path is not None:
+        return RexOmniSettings.load(settings_path), "project"
+    vocab = tokenizer.get_vocab()
+    if all(t in vocab for t in coord_tokens(NUM_BINS)):
+        from .processing import RELEASED_MAX_PIXELS, RELEASED_MIN_PIXELS
+
+        return RexOmniSettings(coord_codec="rexomni", min_pixels=RELEASED_MIN_PIXELS, max_pixels=RELEASED_MAX_PIXELS,
+                               generation=dict(RELEASED_GENERATION)), "released"
+    warnings.warn(f"{path}: no {SETTINGS_FILE} and no coordinate tokens: a plain Qwen2.5-VL base; adding "
+                  "<0>..<999> with new embeddings and the 'center' codec. It needs training before it detects.",
+                  stacklevel=3)
+    return RexOmniSettings(coord_codec="center"), "base"
+
+
+def _settings_file(path: str) -> str | None:
+    if os.path.isdir(path):
+        candidate = os.path.join(path, SETTINGS_FILE)
+        return candidate if os.path.isfile(candidate) else None
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+    except ImportError:
+        return None
+    try:
+        return hf_hub_download(path, SETTINGS_FILE)
+    except EntryNotFoundError:
+        return None
+
+
+def _load_processor(path: str, tokenizer, settings: RexOmniSettings):
+    """The torchvision-free processor with the checkpoint's image limits and chat template."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from .processing import QWEN2_5_VL_CHAT_TEMPLATE, RexOmniProcessor
+
+    size = {"shortest_edge": settings.min_pixels, "longest_edge": settings.max_pixels}
+    try:
+        image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, size=size)
+    except OSError:
+        image_processor = Qwen2VLImageProcessorPil(size=size)
+    chat_template = getattr(tokenizer, "chat_template", None) or QWEN2_5_VL_CHAT_TEMPLATE
+    return RexOmniProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template)

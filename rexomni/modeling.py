@@ -1,0 +1,192 @@
+"""Building, saving and loading Qwen2.5-VL models for rexomni.
+
+Presets:
+
+- ``tiny``  (about 1.3M parameters with the test tokenizer): tests, CI.
+- ``small`` (about 5M): demos and from-scratch training on a CPU.
+- ``3b``    the shape of Qwen2.5-VL-3B-Instruct; build it on the meta device to inspect shapes.
+
+A checkpoint folder holds the model (``config.json`` + safetensors), the processor and tokenizer
+(with the chat template) and ``rexomni_config.json``: the project's own settings, which inference
+reads and never guesses (:class:`RexOmniSettings`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from .codec import CODECS
+from .processing import RELEASED_MAX_PIXELS, RELEASED_MIN_PIXELS
+
+SETTINGS_FILE = "rexomni_config.json"
+PROMPT_STYLES = ("released",)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "text": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, mrope_section=[4, 6, 6]),
+        "vision": dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, fullatt_block_indexes=[1]),
+        "min_pixels": 56 * 56, "max_pixels": 112 * 112,
+    },
+    "small": {
+        "text": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
+                     num_key_value_heads=2, mrope_section=[8, 12, 12]),
+        "vision": dict(depth=4, hidden_size=128, intermediate_size=256, num_heads=4, fullatt_block_indexes=[1, 3]),
+        "min_pixels": 56 * 56, "max_pixels": 224 * 224,
+    },
+    # Qwen2.5-VL-3B-Instruct.
+    "3b": {
+        "text": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+                     num_key_value_heads=2, mrope_section=[16, 24, 24], rope_theta=1000000.0,
+                     max_position_embeddings=128000, rms_norm_eps=1e-6),
+        "vision": dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
+                       fullatt_block_indexes=[7, 15, 23, 31]),
+        "min_pixels": RELEASED_MIN_PIXELS, "max_pixels": RELEASED_MAX_PIXELS,
+        "vocab_size": 151936, "tie_word_embeddings": True,
+    },
+}
+
+
+@dataclass
+class RexOmniSettings:
+    """What inference must know about a checkpoint beyond the transformers config.
+
+    ``generation`` holds defaults for ``generate`` (e.g. ``repetition_penalty``); calls may override.
+    """
+
+    coord_codec: str = "center"
+    num_bins: int = 1000
+    min_pixels: int = RELEASED_MIN_PIXELS
+    max_pixels: int = RELEASED_MAX_PIXELS
+    prompt_style: str = "released"
+    generation: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.coord_codec not in CODECS:
+            raise ValueError(f"coord_codec must be one of {CODECS}, got {self.coord_codec!r}")
+        if self.prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {self.prompt_style!r}")
+        if not 0 < self.min_pixels <= self.max_pixels:
+            raise ValueError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
+
+    def save(self, folder: str) -> str:
+        path = os.path.join(folder, SETTINGS_FILE)
+        with open(path, "w") as f:
+            json.dump(asdict(self), f, indent=2)
+            f.write("\n")
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "settings") -> RexOmniSettings:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown keys {unknown}; expected some of {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str) -> RexOmniSettings:
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(data, source=path)
+
+
+def preset_config(preset: str, tokenizer):
+    """A ``Qwen2_5_VLConfig`` for ``preset`` whose special-token ids are those of ``tokenizer``."""
+    from transformers import Qwen2_5_VLConfig
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+    spec = PRESETS[preset]
+    text = dict(spec["text"])
+    mrope_section = text.pop("mrope_section")
+    rope_theta = text.pop("rope_theta", 1000000.0)
+    head_dim = text["hidden_size"] // text["num_attention_heads"]
+    if sum(mrope_section) * 2 != head_dim:
+        raise ValueError(f"preset {preset}: sum(mrope_section) must be head_dim / 2 = {head_dim // 2}")
+    ids = tokenizer.convert_tokens_to_ids
+    vocab_size = max(spec.get("vocab_size", 0), len(tokenizer))
+    text_config = dict(
+        text, vocab_size=vocab_size, hidden_act="silu",
+        rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": mrope_section},
+        bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"), pad_token_id=tokenizer.pad_token_id,
+    )
+    vision_config = dict(spec["vision"], out_hidden_size=text["hidden_size"], patch_size=14, spatial_merge_size=2,
+                         temporal_patch_size=2, window_size=112, hidden_act="silu")
+    return Qwen2_5_VLConfig(
+        text_config=text_config, vision_config=vision_config,
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+        tie_word_embeddings=spec.get("tie_word_embeddings", False),
+    )
+
+
+def build_model(preset: str, tokenizer, *, seed: int = 0, device: str | None = None):
+    """A randomly initialised model of ``preset`` sized for ``tokenizer``.
+
+    ``device="meta"`` builds the shapes only (for the 3b preset on a small machine). Embedding rows
+    of the coordinate and negative tokens are initialised by :func:`rexomni.tokens.grow_embeddings`.
+    """
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from .tokens import grow_embeddings, prepare_tokenizer
+
+    config = preset_config(preset, tokenizer)
+    config.text_config._attn_implementation = config._attn_implementation = "sdpa"
+    token_ids = prepare_tokenizer(tokenizer)
+    torch.manual_seed(seed)
+    with torch.device(device or "cpu"):
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    # Treat the coordinate and negative tokens as new so that their rows get the ordinal init.
+    token_ids.added = [tokenizer.convert_ids_to_tokens(i) for i in token_ids.coords] + list(token_ids.negatives)
+    if device != "meta":
+        grow_embeddings(model, tokenizer, token_ids)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    return model
+
+
+def preset_settings(preset: str, **overrides) -> RexOmniSettings:
+    spec = PRESETS[preset]
+    return RexOmniSettings(min_pixels=spec["min_pixels"], max_pixels=spec["max_pixels"], **overrides)
+
+
+def save_checkpoint(folder: str, model, processor, settings: RexOmniSettings) -> str:
+    """Write model (safetensors), processor, tokenizer, chat template and rexomni settings to ``folder``."""
+    os.makedirs(folder, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    processor.save_pretrained(folder)
+    settings.save(folder)
+    return folder
+
+
+def init_checkpoint(folder: str, preset: str = "tiny", tokenizer=None, seed: int = 0) -> str:
+    """A random-initialised checkpoint folder: what ``rexomni model init`` writes.
+
+    ``tokenizer`` is a tokenizer or a path to one; by default the offline test tokenizer.
+    """
+    from .processing import make_processor
+    from .testing import build_test_tokenizer
+
+    if tokenizer is None:
+        tokenizer = build_test_tokenizer()
+    elif isinstance(tokenizer, str):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        tokenizer.padding_side = "left"
+    model = build_model(preset, tokenizer, seed=seed)
+    settings = preset_settings(preset)
+    processor = make_processor(tokenizer, settings.min_pixels, settings.max_pixels)
+    return save_checkpoint(folder, model, processor, settings)
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
