@@ -1,0 +1,166 @@
+"""The benchmark runner (batches, cache, resume, skipped images, reports) and `rexomni eval`."""
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rexomni.eval import cli
+from rexomni.eval.runner import BenchmarkSpec, PredictionCache, run_benchmark, score_files
+
+# Where the stand-in model "sees" each category, whatever the image.
+SEEN = {"cat": [0, 0, 10, 10], "dog": [20, 20, 30, 30], "bird": [40, 40, 50, 50]}
+
+
+@dataclass
+class Result:
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: list
+    raw_text: str = ""
+
+
+@dataclass
+class StandIn:
+    """A deterministic predictor with the detector API's ``predict`` signature."""
+
+    calls: list = field(default_factory=list)
+    fail_after: int | None = None
+
+    def predict(self, images, task="detection", categories=(), negatives=None, **kwargs):
+        if self.fail_after is not None and len(self.calls) >= self.fail_after:
+            raise KeyboardInterrupt("killed")
+        self.calls.append((len(images), task, list(categories)))
+        boxes = [SEEN[c] for c in categories if c in SEEN]
+        labels = [c for c in categories if c in SEEN]
+        return [Result(np.asarray(boxes, dtype=float).reshape(-1, 4), np.full(len(boxes), 0.5), labels, "text")
+                for _ in images]
+
+
+@pytest.fixture
+def benchmark(tmp_path):
+    """Six images: cats seen right, dogs in the wrong place, one corrupt file; a spec over them."""
+    samples = []
+    for i in range(6):
+        name = f"img{i}.png"
+        if i == 5:
+            (tmp_path / name).write_bytes(b"not a png")
+        else:
+            Image.new("RGB", (64, 64), (i * 40, 0, 0)).save(tmp_path / name)
+        samples.append({"image": name, "width": 64, "height": 64, "categories": ["cat", "dog"],
+                        "objects": [{"phrase": "cat", "bbox": SEEN["cat"]}, {"phrase": "dog", "bbox": [2, 40, 12, 50]}]})
+    with open(tmp_path / "gt.jsonl", "w") as f:
+        f.writelines(json.dumps(s) + "\n" for s in samples)
+    (tmp_path / "spec.yaml").write_text(
+        "name: toy\nbatch_size: 2\ndatasets:\n  - name: toy-set\n    annotations: gt.jsonl\n    format: jsonl\n"
+        "    task: detection\n    metrics: [f1, coco]\n")
+    return tmp_path
+
+
+def test_spec_reading_and_errors(benchmark):
+    spec = BenchmarkSpec.from_yaml(benchmark / "spec.yaml")
+    assert spec.batch_size == 2 and spec.protocol == "strict"
+    assert spec.datasets[0].annotations == str(benchmark / "gt.jsonl")  # relative to the spec
+    (benchmark / "bad.yaml").write_text("datasets:\n  - annotations: gt.jsonl\n    task: dancing\n")
+    with pytest.raises(ValueError, match="unknown task 'dancing'"):
+        BenchmarkSpec.from_yaml(benchmark / "bad.yaml")
+    (benchmark / "bad2.yaml").write_text("datasets:\n  - annotations: gt.jsonl\n    metrics: [f1, bleu]\n")
+    with pytest.raises(ValueError, match="unknown metrics"):
+        BenchmarkSpec.from_yaml(benchmark / "bad2.yaml")
+
+
+def test_run_scores_caches_and_reports(benchmark):
+    model = StandIn()
+    out = benchmark / "out"
+    results = run_benchmark(model, benchmark / "spec.yaml", out, progress=False)
+    metrics = results["toy-set"]
+    # cat always right (P 1, R 1), dog always wrong (P 0, R 0): strict F1 = 2 * .5 * .5 / 1 = 0.5
+    assert metrics["f1@0.5"] == pytest.approx(0.5) and metrics["f1@mean"] == pytest.approx(0.5)
+    assert metrics["coco/AP"] == pytest.approx(0.5)  # cat AP 1, dog AP 0
+    assert metrics["samples"] == 5 and metrics["skipped_images"] == 1
+    assert [c[0] for c in model.calls] == [2, 2, 1]  # batches of 2; the corrupt image never reached the model
+    assert model.calls[0][1:] == ("detection", ["cat", "dog"])
+    cache = (out / "predictions" / "toy-set.jsonl").read_text().splitlines()
+    assert len(cache) == 6 and sum("skipped" in json.loads(line) for line in cache) == 1
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["results"]["toy-set"]["f1@0.5"] == pytest.approx(0.5)
+    table = (out / "results.md").read_text()
+    assert "| toy-set |" in table and "f1@0.5" in table and "50.0" in table
+    assert (out / "plots" / "toy-set_pr.png").stat().st_size > 1000
+    assert (out / "plots" / "toy-set_f1_vs_iou.png").stat().st_size > 1000
+    # a second run finds everything cached and asks the model nothing
+    again = StandIn()
+    assert run_benchmark(again, benchmark / "spec.yaml", out, progress=False) == results
+    assert again.calls == []
+
+
+def test_a_killed_run_resumes(benchmark):
+    out = benchmark / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(StandIn(fail_after=1), benchmark / "spec.yaml", out, progress=False)
+    cached = PredictionCache(out / "predictions" / "toy-set.jsonl")
+    assert len(cached.lines) == 2  # the first batch was written before the kill
+    # a half-written line (the kill hit mid-write) is ignored, and the next write starts a fresh line
+    with open(out / "predictions" / "toy-set.jsonl", "a") as f:
+        f.write('{"key": "trunc')
+    model = StandIn()
+    resumed = run_benchmark(model, benchmark / "spec.yaml", out, progress=False)
+    assert sum(c[0] for c in model.calls) == 3  # images 2, 3, 4; image 5 is corrupt and recorded as skipped
+    fresh = run_benchmark(StandIn(), benchmark / "spec.yaml", benchmark / "fresh", progress=False)
+    assert resumed == fresh
+
+
+def test_rexomni_protocol_from_the_command(benchmark):
+    spec = (benchmark / "spec.yaml").read_text() + "    coco_style: true\n"
+    (benchmark / "coco_spec.yaml").write_text(spec)
+    strict = run_benchmark(StandIn(), benchmark / "coco_spec.yaml", benchmark / "out", progress=False)
+    released = run_benchmark(StandIn(), benchmark / "coco_spec.yaml", benchmark / "out", protocol="rexomni",
+                             progress=False)
+    # the released protocol drops the dog's zeros: only the cat is averaged
+    assert strict["toy-set"]["f1@0.5"] == pytest.approx(0.5)
+    assert released["toy-set"]["f1@0.5"] == pytest.approx(1.0)
+
+
+def _predictions_jsonl(path, samples_dir):
+    lines = [{"image": str(samples_dir / f"img{i}.png"), "boxes": [SEEN["cat"], SEEN["dog"]], "scores": [0.9, 0.3],
+              "labels": ["cat", "dog"]} for i in range(6)]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def test_score_a_predictions_file_from_the_command_line(benchmark, capsys):
+    _predictions_jsonl(benchmark / "pred.jsonl", benchmark)
+    out = benchmark / "metrics.json"
+    assert cli.main(["--predictions", str(benchmark / "pred.jsonl"), "--annotations", str(benchmark / "gt.jsonl"),
+                     "--out", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["f1@0.5"] == pytest.approx(0.5) and metrics["coco/AP50"] == pytest.approx(0.5)
+    assert metrics["samples"] == 6 and metrics["samples_without_prediction"] == 0
+    assert json.loads(capsys.readouterr().out) == metrics
+
+
+def test_score_coco_results_against_coco_annotations(tmp_path):
+    coco = {"images": [{"id": 7, "file_name": "a.jpg", "width": 100, "height": 100},
+                       {"id": 8, "file_name": "b.jpg", "width": 100, "height": 100}],
+            "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+            "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 100, "iscrowd": 0},
+                            {"id": 2, "image_id": 8, "category_id": 2, "bbox": [10, 10, 20, 20], "area": 400,
+                             "iscrowd": 0}]}
+    results = [{"image_id": 7, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.9},
+               {"image_id": 8, "category_id": 2, "bbox": [50, 50, 20, 20], "score": 0.8},
+               {"image_id": 8, "category_id": 2, "bbox": [10, 10, 20, 20], "score": 0.4}]
+    (tmp_path / "gt.json").write_text(json.dumps(coco))
+    (tmp_path / "res.json").write_text(json.dumps(results))
+    metrics, _ = score_files(tmp_path / "res.json", tmp_path / "gt.json")
+    # cat: AP 1; dog: false positive ranked first -> AP 0.5
+    assert metrics["coco/AP"] == pytest.approx(0.75)
+    assert metrics["f1@0.5"] == pytest.approx(2 * 0.75 / 1.75)  # P (1 + 1/2)/2, R 1
+
+
+def test_command_line_errors(benchmark, capsys):
+    assert cli.main(["--predictions", str(benchmark / "missing.jsonl"), "--annotations",
+                     str(benchmark / "gt.jsonl")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["--predictions", "x"])  # --annotations missing
