@@ -60,20 +60,30 @@ class Prediction:
     def from_dict(cls, d: Mapping[str, Any]) -> Prediction:
         """From a prediction JSONL line or a model result's ``to_dict()``."""
         d = d.get("prediction", d)
-        return cls(boxes=d.get("boxes"), scores=d.get("scores"), labels=list(d.get("labels") or []),
-                   points=d.get("points"), keypoints=list(d.get("keypoints") or []))
+        return cls._build(d.get("boxes"), d.get("scores"), d.get("labels"), d.get("points"), d.get("keypoints"))
 
     @classmethod
     def from_result(cls, result: Any) -> Prediction:
         """From any object with ``boxes``, ``scores``, ``labels`` (and optionally ``points``,
-        ``keypoints``) attributes, such as the detector API's result."""
+        ``keypoints``) attributes, such as the detector API's ``Result``."""
         def get(name):
             value = getattr(result, name, None)
-            return [] if value is None else (value.tolist() if hasattr(value, "tolist") else value)
+            return value.tolist() if hasattr(value, "tolist") else value
 
-        keypoints = get("keypoints")
-        return cls(boxes=get("boxes"), scores=get("scores"), labels=list(get("labels")), points=get("points"),
-                   keypoints=list(keypoints) if isinstance(keypoints, (list, tuple)) else [])
+        return cls._build(get("boxes"), get("scores"), get("labels"), get("points"), get("keypoints"))
+
+    @classmethod
+    def _build(cls, boxes, scores, labels, points, keypoints) -> Prediction:
+        labels = [str(x) for x in (labels if labels is not None else [])]
+        instances = []
+        for i, inst in enumerate(keypoints or []):
+            if isinstance(inst, Mapping) and "keypoints" in inst:
+                instances.append(dict(inst))
+            else:  # the detector API's form: one name -> [x, y] dict per instance, along boxes and labels
+                instances.append({"label": labels[i] if i < len(labels) else "", "keypoints": dict(inst or {}),
+                                  "bbox": list(boxes[i]) if boxes is not None and i < len(boxes) else None,
+                                  "score": float(scores[i]) if scores is not None and i < len(scores) else 1.0})
+        return cls(boxes=boxes, scores=scores, labels=labels, points=points, keypoints=instances)
 
     def to_dict(self) -> dict:
         out = {"boxes": self.boxes.tolist(), "scores": self.scores.tolist(), "labels": list(self.labels)}

@@ -164,3 +164,32 @@ def test_command_line_errors(benchmark, capsys):
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["--predictions", "x"])  # --annotations missing
+
+
+class Counting:
+    """Wraps a model and counts the images it is asked about."""
+
+    def __init__(self, model):
+        self.model, self.images = model, 0
+
+    def predict(self, images, **kwargs):
+        self.images += len(images)
+        return self.model.predict(images, **kwargs)
+
+
+def test_end_to_end_with_the_tiny_checkpoint(benchmark, tiny_checkpoint, tiny_rexomni, capsys):
+    """A random model writes garbage, but the command completes, caches, resumes and reports."""
+    spec = (benchmark / "spec.yaml").read_text() + "    limit: 4\n    predict: {max_new_tokens: 24}\n"
+    (benchmark / "tiny.yaml").write_text(spec)
+    out = benchmark / "tiny_out"
+    assert cli.main(["--model", tiny_checkpoint, "--benchmark", str(benchmark / "tiny.yaml"), "--out", str(out),
+                     "--quiet"]) == 0
+    assert "| toy-set |" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())["results"]["toy-set"]
+    assert 0.0 <= results["f1@0.5"] <= 1.0 and results["samples"] == 4
+    lines = [json.loads(x) for x in (out / "predictions" / "toy-set.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 and all("raw_text" in x and len(x["boxes"]) == len(x["labels"]) for x in lines)
+    counting = Counting(tiny_rexomni)
+    again = run_benchmark(counting, benchmark / "tiny.yaml", out, progress=False)
+    assert counting.images == 0 and again["toy-set"] == results
+    assert (out / "results.md").exists() and (out / "plots" / "toy-set_f1_vs_iou.png").exists()
