@@ -119,6 +119,9 @@ def _hungarian(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarra
     if not valid.any():
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty
+    if valid.sum(0).max() <= 1 and valid.sum(1).max() <= 1:  # no conflicts: every candidate pair is kept
+        rows, cols = np.nonzero(valid)
+        return rows.astype(np.int64), cols.astype(np.int64)
     # Only rows and columns with a candidate pair enter the assignment: keeps it small.
     r_keep, c_keep = np.flatnonzero(valid.any(1)), np.flatnonzero(valid.any(0))
     sub_valid = valid[np.ix_(r_keep, c_keep)]

@@ -129,13 +129,23 @@ def f1_score(samples: list[dict], predictions: Mapping[str, Prediction], view: G
             if pi and gi:
                 sim = view.similarity(_take(geometry, pi), [objects[j] for j in gi])
                 sub_scores = np.asarray(scores)[pi]
-                tp = np.array([match(None, None, t, method, scores=sub_scores, iou=sim).tp for t in thresholds],
-                              dtype=np.float64)
+                tp = _tp_at_thresholds(sim, thresholds, method, sub_scores)
             rows.append((name, tp, len(pi), len(gi)))
         units.append(rows)
     if protocol.averaging(coco_style) == "category":
         return _category_average(units, protocol, thresholds)
     return _sample_average(units, thresholds)
+
+
+def _tp_at_thresholds(sim: np.ndarray, thresholds: np.ndarray, method: str, scores) -> np.ndarray:
+    """True positives at each threshold; once none is left, higher thresholds find none either."""
+    tp = np.zeros(len(thresholds))
+    best = sim.max()
+    for k, t in enumerate(thresholds):
+        if best < t:
+            break
+        tp[k] = match(None, None, t, method, scores=scores, iou=sim).tp
+    return tp
 
 
 def _take(geometry, index: list[int]):
