@@ -14,7 +14,6 @@ import argparse
 import time
 
 import numpy as np
-
 from rexomni.eval.coco import build_coco, coco_ap, coco_eval
 from rexomni.eval.data import Prediction, assign_keys
 from rexomni.eval.f1 import box_f1
@@ -35,7 +34,8 @@ def make_data(num_images: int, num_boxes: int, num_categories: int, seed: int = 
         extra = int(num_boxes - keep.sum())  # as many false positives as misses: 20 predictions too
         fxy = rng.uniform(0, 560, (extra, 2))
         boxes = np.r_[jitter, np.c_[fxy, fxy + 40]]
-        pred_labels = [lb for lb, k in zip(labels, keep) if k] + [names[j] for j in rng.integers(0, num_categories, extra)]
+        pred_labels = [lb for lb, k in zip(labels, keep) if k]
+        pred_labels += [names[j] for j in rng.integers(0, num_categories, extra)]
         preds[f"{i:06d}.jpg"] = Prediction(boxes, rng.uniform(size=len(boxes)), pred_labels)
     return assign_keys(samples), preds
 

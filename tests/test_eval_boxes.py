@@ -4,7 +4,6 @@ import itertools
 
 import numpy as np
 import pytest
-
 from rexomni.eval.boxes import box_area, box_iou, match
 
 

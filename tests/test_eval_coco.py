@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from rexomni.eval.coco import COCO_KEYS, build_coco, coco_ap, coco_eval
 from rexomni.eval.data import Prediction, assign_keys
 

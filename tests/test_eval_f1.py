@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from rexomni.eval.data import Prediction, assign_keys
 from rexomni.eval.f1 import IOU_THRESHOLDS, box_f1
 
@@ -48,7 +47,8 @@ def test_prediction_of_a_label_without_ground_truth_lowers_precision_only():
 
 
 def test_f1_falls_with_the_iou_threshold():
-    samples = assign_keys([{"image": "a", "width": 100, "height": 100, "objects": [{"phrase": "x", "bbox": [0, 0, 10, 10]}]}])
+    samples = assign_keys([{"image": "a", "width": 100, "height": 100,
+                            "objects": [{"phrase": "x", "bbox": [0, 0, 10, 10]}]}])
     # IoU of [0, 0, 10, 8] with the ground truth is 0.8: a hit up to threshold 0.8, a miss above
     result = box_f1(samples, {"a": Prediction([[0, 0, 10, 8]], [1.0], ["x"])}, "strict")
     assert result.f1.tolist() == [1.0] * 7 + [0.0] * 3

@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import pytest
-
 from rexomni.data_engines.masks import rle_encode
 from rexomni.eval.data import Prediction, assign_keys
 from rexomni.eval.keypoints import keypoint_scores, oks
@@ -27,7 +26,8 @@ def _mask(h, w, x0, y0, x1, y1):
 def test_point_in_mask_polygon_and_box():
     obj = {"phrase": "cat", "mask": _mask(20, 20, 5, 5, 10, 10), "bbox": [0, 0, 20, 20]}
     # the mask wins over the box: (2, 2) is inside the box but outside the mask
-    assert points_in_object([[7.5, 7.5], [2, 2], [9.99, 9.99], [10.0, 10.0]], obj).tolist() == [True, False, True, False]
+    inside = points_in_object([[7.5, 7.5], [2, 2], [9.99, 9.99], [10.0, 10.0]], obj)
+    assert inside.tolist() == [True, False, True, False]
     triangle = {"phrase": "t", "polygon": [[0, 0], [10, 0], [0, 10]]}
     assert points_in_object([[2, 2], [8, 8]], triangle).tolist() == [True, False]
     assert points_in_object([[3, 3], [11, 3]], {"phrase": "b", "bbox": [0, 0, 10, 10]}).tolist() == [True, False]

@@ -3,7 +3,6 @@
 import math
 
 import pytest
-
 from rexomni.eval.coco import coco_ap
 from rexomni.eval.data import Prediction, assign_keys
 from rexomni.eval.f1 import box_f1
@@ -109,7 +108,8 @@ def test_keypoint_sigmas_and_area():
     samples = assign_keys([{"image": "1", "width": 100, "height": 100,
                             "objects": [{"phrase": "person", "bbox": [0, 0, 100, 100], "area": 2500.0,
                                          "keypoints": gt_points}]}])
-    pred = Prediction(keypoints=[{"label": "person", "bbox": [0, 0, 100, 100], "keypoints": {"left hip": [55.0, 50.0]}}])
+    instance = {"label": "person", "bbox": [0, 0, 100, 100], "keypoints": {"left hip": [55.0, 50.0]}}
+    pred = Prediction(keypoints=[instance])
     strict, _ = keypoint_scores(samples, {"1": pred}, "strict")
     released, _ = keypoint_scores(samples, {"1": pred}, "rexomni")
     # strict: COCO sigma 0.107 for a hip and the annotated area 2500; rexomni: 0.025 and the box area

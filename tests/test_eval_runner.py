@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 from PIL import Image
-
 from rexomni.eval import cli
 from rexomni.eval.runner import BenchmarkSpec, PredictionCache, run_benchmark, score_files
 
@@ -50,7 +49,8 @@ def benchmark(tmp_path):
         else:
             Image.new("RGB", (64, 64), (i * 40, 0, 0)).save(tmp_path / name)
         samples.append({"image": name, "width": 64, "height": 64, "categories": ["cat", "dog"],
-                        "objects": [{"phrase": "cat", "bbox": SEEN["cat"]}, {"phrase": "dog", "bbox": [2, 40, 12, 50]}]})
+                        "objects": [{"phrase": "cat", "bbox": SEEN["cat"]},
+                                    {"phrase": "dog", "bbox": [2, 40, 12, 50]}]})
     with open(tmp_path / "gt.jsonl", "w") as f:
         f.writelines(json.dumps(s) + "\n" for s in samples)
     (tmp_path / "spec.yaml").write_text(
@@ -144,7 +144,8 @@ def test_score_coco_results_against_coco_annotations(tmp_path):
     coco = {"images": [{"id": 7, "file_name": "a.jpg", "width": 100, "height": 100},
                        {"id": 8, "file_name": "b.jpg", "width": 100, "height": 100}],
             "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
-            "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 100, "iscrowd": 0},
+            "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 100,
+                             "iscrowd": 0},
                             {"id": 2, "image_id": 8, "category_id": 2, "bbox": [10, 10, 20, 20], "area": 400,
                              "iscrowd": 0}]}
     results = [{"image_id": 7, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.9},
