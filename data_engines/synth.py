@@ -85,32 +85,28 @@ def generate_scene(seed_or_rng: int | random.Random | None = None, size: int | S
     distractor phrase into a negative (conditioning) phrase with its boxes. ``masks=False`` skips
     the RLE masks (points are still computed).
     """
-    rng = seed_or_rng if isinstance(seed_or_rng, random.Random) else random.Random(seed_or_rng)
-    width, height = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    if mode not in MODES:
-        raise ValueError(f"unknown synth mode {mode!r}; expected one of {MODES}")
     unknown = [k for k in kinds if k not in _SHAPES]
     if unknown:
         raise ValueError(f"unknown shape kinds {unknown}; known: {sorted(_SHAPES)}")
     colors = list(colors or COLORS)
-    scene = _Scene(rng, width, height)
+    scene = _start_scene(seed_or_rng, size, mode)
+    rng, width, height = scene.rng, scene.width, scene.height
     if mode == "single":
-        scene.background(rng.choice(("plain", "noise")))
         scene.shapes(kinds, colors, num_objects or (1, 3), textures=False, sizes=("small", "medium", "large"))
-        sample = scene.shape_sample(granularity or "color kind", referring=False)
+        granularity = granularity or "color kind"
+        sample = scene.shape_sample(granularity, referring=False)
     elif mode == "shapes":
-        scene.background(rng.choice(BACKGROUNDS))
         scene.shapes(kinds, colors, num_objects or (2, 8), textures=True, sizes=tuple(SIZES), distractors=True)
-        sample = scene.shape_sample(granularity or rng.choice(("kind", "color kind", "color kind", "size color kind")),
-                                    referring=True, negative_prob=negative_prob)
+        granularity = granularity or rng.choice(("kind", "color kind", "color kind", "size color kind"))
+        sample = scene.shape_sample(granularity, referring=True, negative_prob=negative_prob)
     elif mode == "ocr":
-        scene.background(rng.choice(("plain", "noise", "gradient")))
         sample = scene.words(num_objects or (2, 6))
     elif mode == "keypoints":
-        scene.background(rng.choice(("plain", "noise", "gradient", "clutter")))
         sample = scene.figures(num_objects or (1, 3))
     else:
         sample = scene.gui(num_objects or (3, 8))
+    if mode in ("single", "shapes"):
+        sample["granularity"] = granularity
     sample.update({"image": None, "width": width, "height": height, "source": f"synth/{mode}"})
     for obj, placed in zip(sample["objects"], scene.placed):
         if masks:
@@ -119,6 +115,36 @@ def generate_scene(seed_or_rng: int | random.Random | None = None, size: int | S
             full[y0:y0 + placed.local.shape[0], x0:x0 + placed.local.shape[1]] = placed.local
             obj["mask"] = rle_encode(full)
     return scene.image, sample
+
+
+def _start_scene(seed_or_rng, size, mode: str) -> "_Scene":
+    """A scene with its background drawn: the first draws of every scene, so replaying them with
+    the same seed gives the background without the objects (the negative image engine needs it)."""
+    rng = seed_or_rng if isinstance(seed_or_rng, random.Random) else random.Random(seed_or_rng)
+    width, height = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if mode not in MODES:
+        raise ValueError(f"unknown synth mode {mode!r}; expected one of {MODES}")
+    scene = _Scene(rng, width, height)
+    backgrounds = {"single": ("plain", "noise"), "shapes": BACKGROUNDS, "ocr": ("plain", "noise", "gradient"),
+                   "keypoints": ("plain", "noise", "gradient", "clutter")}
+    if mode in backgrounds:
+        scene.background(rng.choice(backgrounds[mode]))
+    return scene
+
+
+def background_of(seed: int, size: int | Sequence[int] = 224, mode: str = "shapes") -> Image.Image:
+    """The background of scene ``seed`` without its objects."""
+    return _start_scene(seed, size, mode).image
+
+
+def draw_shape(kind: str, color: str, texture: str, side: int, rng: random.Random) -> tuple[Image.Image, Image.Image]:
+    """One shape on a ``side`` x ``side`` canvas: (RGB canvas, L mask)."""
+    mask = Image.new("L", (side, side), 0)
+    _draw_kind(ImageDraw.Draw(mask), kind, side)
+    rgb = tuple(int(np.clip(c + rng.randint(-12, 12), 0, 255)) for c in COLORS[color])
+    canvas = Image.new("RGB", (side, side), rgb)
+    _texture(canvas, texture, rgb, rng)
+    return canvas, mask
 
 
 # --------------------------------------------------------------------------- shapes
@@ -270,11 +296,7 @@ class _Scene:
         xy = self._place(side, side)
         if xy is None:
             return False
-        mask = Image.new("L", (side, side), 0)
-        _draw_kind(ImageDraw.Draw(mask), kind, side)
-        rgb = tuple(int(np.clip(c + self.rng.randint(-12, 12), 0, 255)) for c in COLORS[color])
-        canvas = Image.new("RGB", (side, side), rgb)
-        _texture(canvas, texture, rgb, self.rng)
+        canvas, mask = draw_shape(kind, color, texture, side, self.rng)
         self._paste(canvas, mask, xy, {"kind": kind, "color": color, "size": size, "texture": texture})
         return True
 
@@ -303,10 +325,7 @@ class _Scene:
     # ---- naming shapes
     @staticmethod
     def _name(attrs: dict, granularity: str) -> str:
-        words = {"kind": ["kind"], "color kind": ["color", "kind"], "size color kind": ["size", "color", "kind"]}
-        if granularity not in words:
-            raise ValueError(f"unknown granularity {granularity!r}; expected one of {list(words)}")
-        return " ".join(attrs[k] for k in words[granularity])
+        return shape_phrase(attrs, granularity)
 
     def shape_sample(self, granularity: str, referring: bool, negative_prob: float = 0.0) -> dict:
         rng = self.rng
@@ -459,6 +478,16 @@ class _Scene:
             if len(self.placed) > n_before:
                 objects.append({"phrase": f"{label} {kind}", "text": label, "bbox": self.placed[-1].box})
         return {"objects": objects, "categories": sorted(o["phrase"] for o in objects)}
+
+
+GRANULARITIES = {"kind": ("kind",), "color kind": ("color", "kind"), "size color kind": ("size", "color", "kind")}
+
+
+def shape_phrase(attributes: dict, granularity: str) -> str:
+    """The phrase of a shape at a granularity: "circle", "red circle" or "small red circle"."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"unknown granularity {granularity!r}; expected one of {list(GRANULARITIES)}")
+    return " ".join(attributes[k] for k in GRANULARITIES[granularity])
 
 
 def _related(box: list[float], anchor: list[float], axis: int, sign: int) -> bool:

@@ -1,0 +1,255 @@
+"""The negative image engine: an image equal to the original outside one box, showing a negative
+(contradicting) description inside it. Paired with the original description, the box becomes a
+hard negative: the model must not find the original object there.
+
+- Synthetic scenes (``negative_scene``): the box is cleared back to the scene's own background and
+  the shape is drawn again with one attribute changed (kind, colour, texture, or a smaller size), so
+  the new labels are exact.
+- Real images (``negative_images``): an inpainting pipeline of diffusers (a local folder; the
+  ``diffusers`` package is an optional extra) paints the negative description into the box, with
+  the two filters of "Generating Enhanced Negatives for Training Language-Based Object Detectors":
+  ``box_filter`` skips a box that covers more than 75% of another box (editing it would change the
+  other object too), and ``ClipFilter`` keeps a painted region only if its CLIP similarity to the
+  negative text reaches a threshold (a transformers CLIPModel from a local folder).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from .masks import deepest_point, mask_bbox, rle_encode
+from .negatives_text import RuleFoiler
+from .synth import (
+    COLORS,
+    GRANULARITIES,
+    SIZES,
+    TEXTURES,
+    TRAIN_KINDS,
+    background_of,
+    draw_shape,
+    generate_scene,
+    shape_phrase,
+)
+
+COVER_THRESHOLD = 0.75  # the paper's box filter
+EDITABLE = ("kind", "color", "texture", "size")
+
+
+# --------------------------------------------------------------------------- synthetic scenes
+
+
+def negative_scene(seed: int, size: int | Sequence[int] = 224, mode: str = "shapes", index: int | None = None,
+                   change: dict | None = None, rng: random.Random | int | None = None,
+                   **scene_options) -> tuple[Image.Image, dict, dict]:
+    """Scene ``seed`` with object ``index`` re-drawn with other attributes.
+
+    ``change`` (e.g. ``{"color": "blue"}``) picks the new attributes; by default one of kind,
+    colour, texture or size is changed at random (a size only shrinks, so the shape stays in its
+    box). Returns ``(negative image, negative sample, edit)``; ``edit`` has the ``box``, the
+    ``original`` and ``negative`` phrases and attributes. Outside ``edit["box"]`` the image equals
+    the original scene's pixel for pixel.
+    """
+    if mode not in ("shapes", "single"):
+        raise ValueError(f"negative scenes need shape scenes ('shapes' or 'single'), got mode {mode!r}")
+    rng = rng if isinstance(rng, random.Random) else random.Random(rng)
+    image, sample = generate_scene(seed, size, mode, **scene_options)
+    objects = sample["objects"]
+    index = rng.randrange(len(objects)) if index is None else index
+    target = objects[index]
+    old = target["attributes"]
+    granularity = sample.get("granularity", "color kind")
+    new = dict(old, **(change or _random_change(old, rng, GRANULARITIES[granularity])))
+    unknown = {k: v for k, v in new.items() if k in EDITABLE and v not in _VOCAB[k]}
+    if unknown:
+        raise ValueError(f"unknown attribute values {unknown}")
+    if new == old:
+        raise ValueError(f"the change {change} leaves object {index} as it was")
+
+    x0, y0, x1, y1 = (int(v) for v in target["bbox"])
+    out = image.copy()
+    out.paste(background_of(seed, size, mode).crop((x0, y0, x1, y1)), (x0, y0))
+    box_side = max(x1 - x0, y1 - y0)
+    side = box_side if SIZES[new["size"]][0] >= SIZES[old["size"]][0] else int(box_side * _shrink(old["size"], new["size"]))
+    canvas, mask = draw_shape(new["kind"], new["color"], new["texture"], max(side, 4), rng)
+    # Centre the new shape in the old box and keep it inside: nothing outside the box may change.
+    crop = (max(0, (side - (x1 - x0)) // 2), max(0, (side - (y1 - y0)) // 2))
+    crop_box = (crop[0], crop[1], crop[0] + min(side, x1 - x0), crop[1] + min(side, y1 - y0))
+    canvas, mask = canvas.crop(crop_box), mask.crop(crop_box)
+    ox, oy = x0 + (x1 - x0 - canvas.width) // 2, y0 + (y1 - y0 - canvas.height) // 2
+    out.paste(canvas, (ox, oy), mask)
+
+    local = np.asarray(mask) > 0
+    full = np.zeros((sample["height"], sample["width"]), dtype=bool)
+    full[oy:oy + local.shape[0], ox:ox + local.shape[1]] = local
+    new_object = {"phrase": shape_phrase(new, granularity), "bbox": mask_bbox(full),
+                  "point": deepest_point(full), "attributes": new, "mask": rle_encode(full)}
+    neg_sample = dict(sample, objects=objects[:index] + [new_object] + objects[index + 1:])
+    neg_sample.pop("referring", None)  # the expressions described the original scene
+    phrases = {o["phrase"] for o in neg_sample["objects"]}
+    neg_sample["categories"] = sorted(phrases | (set(sample.get("categories", [])) - {target["phrase"]}) |
+                                      ({target["phrase"]} if target["phrase"] not in phrases else set()))
+    edit = {"index": index, "box": [x0, y0, x1, y1], "original": target["phrase"], "negative": new_object["phrase"],
+            "original_attributes": old, "negative_attributes": new}
+    return out, neg_sample, edit
+
+
+_VOCAB = {"kind": TRAIN_KINDS, "color": tuple(COLORS), "texture": TEXTURES, "size": tuple(SIZES)}
+
+
+def _shrink(old: str, new: str) -> float:
+    return float(np.mean(SIZES[new]) / np.mean(SIZES[old]))
+
+
+def _random_change(attributes: dict, rng: random.Random, named: Sequence[str]) -> dict:
+    """Change one attribute that the scene's phrases name, so the original phrase no longer fits."""
+    keys = [k for k in named if k != "size" or attributes["size"] != "small"] or ["kind"]
+    key = rng.choice(keys)
+    pool = _VOCAB[key]
+    if key == "size":  # only smaller: the new shape must fit the old box
+        order = list(SIZES)
+        pool = order[: order.index(attributes["size"])]
+    return {key: rng.choice([v for v in pool if v != attributes[key]])}
+
+
+# --------------------------------------------------------------------------- filters
+
+
+def box_filter(boxes: Sequence[Sequence[float]], threshold: float = COVER_THRESHOLD) -> list[bool]:
+    """Which boxes may be edited: a box is skipped when it covers more than ``threshold`` of another
+    box's area (painting it would paint over that object too)."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if not len(b):
+        return []
+    ix0 = np.maximum(b[:, None, 0], b[None, :, 0])
+    iy0 = np.maximum(b[:, None, 1], b[None, :, 1])
+    ix1 = np.minimum(b[:, None, 2], b[None, :, 2])
+    iy1 = np.minimum(b[:, None, 3], b[None, :, 3])
+    inter = np.clip(ix1 - ix0, 0, None) * np.clip(iy1 - iy0, 0, None)
+    areas = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    covered = inter / np.maximum(areas[None, :], 1e-9)  # [i, j]: the share of box j inside box i
+    np.fill_diagonal(covered, 0.0)
+    return [bool(row.max() <= threshold) for row in covered]
+
+
+class ClipFilter:
+    """CLIP similarity between a painted region and the negative text (a local CLIPModel folder)."""
+
+    def __init__(self, path: str, threshold: float = 0.25, device: str = "cpu"):
+        import torch
+        from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel
+
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"CLIP model folder {path!r} does not exist (hub names are not fetched)")
+        self.torch, self.threshold, self.device = torch, threshold, device
+        self.model = CLIPModel.from_pretrained(path).to(device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.image_processor = CLIPImageProcessorPil.from_pretrained(path)
+
+    def similarity(self, images: Sequence[Image.Image], texts: Sequence[str]) -> np.ndarray:
+        """Cosine similarity of each image with its text (pairwise, same lengths)."""
+        if len(images) != len(texts):
+            raise ValueError(f"{len(images)} images but {len(texts)} texts")
+        torch = self.torch
+        pixels = self.image_processor([im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
+        tokens = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            image_out = self.model.get_image_features(pixel_values=pixels.to(self.device))
+            text_out = self.model.get_text_features(**{k: v.to(self.device) for k, v in tokens.items()})
+        image_emb = _embedding(image_out)
+        text_emb = _embedding(text_out)
+        image_emb = image_emb / image_emb.norm(dim=-1, keepdim=True)
+        text_emb = text_emb / text_emb.norm(dim=-1, keepdim=True)
+        return (image_emb * text_emb).sum(-1).cpu().numpy()
+
+    def keep(self, images: Sequence[Image.Image], texts: Sequence[str]) -> list[bool]:
+        return [bool(s >= self.threshold) for s in self.similarity(images, texts)]
+
+
+def _embedding(output):
+    # transformers 5 may return a model output object instead of a tensor
+    return output if hasattr(output, "norm") else output.pooler_output
+
+
+# --------------------------------------------------------------------------- inpainting
+
+
+class InpaintingBackend:
+    """A diffusers inpainting pipeline from a local folder (``pip install diffusers``).
+
+    Any pipeline that ``AutoPipelineForInpainting`` loads works (Stable Diffusion inpainting,
+    SDXL inpainting, ...). The image is painted at ``resolution`` and the box region is cut back
+    into the original, so nothing outside the box changes.
+    """
+
+    def __init__(self, path: str, device: str = "cpu", steps: int = 30, guidance_scale: float = 7.5,
+                 resolution: int = 512):
+        try:
+            from diffusers import AutoPipelineForInpainting
+        except ImportError as e:
+            raise ImportError("the inpainting backend needs diffusers: pip install diffusers") from e
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"inpainting model folder {path!r} does not exist (hub names are not fetched)")
+        self.pipe = AutoPipelineForInpainting.from_pretrained(path).to(device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.device, self.steps, self.guidance_scale, self.resolution = device, steps, guidance_scale, resolution
+
+    def inpaint(self, image: Image.Image, box: Sequence[float], text: str, seed: int = 0) -> Image.Image:
+        """``image`` with ``text`` painted into ``box``; pixels outside the box are the original's."""
+        import torch
+
+        image = image.convert("RGB")
+        w, h = image.size
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        mask = Image.new("L", (w, h), 0)
+        mask.paste(255, (x0, y0, x1, y1))
+        r = self.resolution
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        painted = self.pipe(prompt=text, image=image.resize((r, r)), mask_image=mask.resize((r, r)),
+                            num_inference_steps=self.steps, guidance_scale=self.guidance_scale,
+                            height=r, width=r, generator=generator).images[0]
+        out = image.copy()
+        out.paste(painted.resize((w, h)).crop((x0, y0, x1, y1)), (x0, y0))
+        return out
+
+
+@dataclass
+class NegativeImage:
+    image: Image.Image
+    box: list[float]
+    original: str       # the description that no longer holds in the box
+    negative: str       # what was painted there
+    clip_score: float | None
+
+
+def negative_images(image: Image.Image, sample: dict, backend: InpaintingBackend, foiler: RuleFoiler | None = None,
+                    clip_filter: ClipFilter | None = None, rng: random.Random | int | None = None,
+                    max_images: int = 1) -> list[NegativeImage]:
+    """Up to ``max_images`` negative images of a real sample: pick objects that pass the box filter,
+    write a rule foil of each one's phrase, paint it into its box, keep what passes the CLIP filter."""
+    rng = rng if isinstance(rng, random.Random) else random.Random(rng)
+    foiler = foiler or RuleFoiler()
+    objects = [o for o in sample["objects"] if o.get("bbox") is not None]
+    editable = [o for o, ok in zip(objects, box_filter([o["bbox"] for o in objects])) if ok]
+    rng.shuffle(editable)
+    out = []
+    for obj in editable:
+        foils = foiler(obj["phrase"], n=1, rng=rng)
+        if not foils:
+            continue
+        painted = backend.inpaint(image, obj["bbox"], foils[0], seed=rng.getrandbits(31))
+        score = None
+        if clip_filter is not None:
+            region = painted.crop(tuple(int(round(v)) for v in obj["bbox"]))
+            score = float(clip_filter.similarity([region], [foils[0]])[0])
+            if score < clip_filter.threshold:
+                continue
+        out.append(NegativeImage(painted, list(obj["bbox"]), obj["phrase"], foils[0], score))
+        if len(out) >= max_images:
+            break
+    return out
