@@ -125,18 +125,25 @@ def assign_keys(samples: list[dict]) -> list[dict]:
 
 
 def load_annotations(path: str | os.PathLike, fmt: str | None = None, image_root: str | None = None,
-                     check_images: bool = False, **options) -> list[dict]:
-    """Ground-truth samples, with unique keys, from any format the data readers know
-    (``rexomni.data_engines.readers.read_dataset``; ``fmt`` None detects the format).
+                     check_images: bool | None = None, **options) -> tuple[list[dict], int]:
+    """Ground-truth samples with unique keys, and the number of images the reader dropped, from any
+    format the data readers know (``rexomni.data_engines.readers.read_dataset``; ``fmt`` None
+    detects the format).
 
-    Images are not opened by default: scoring a predictions file needs only the annotations.
+    ``check_images`` None: images are opened only when the annotations lack image sizes (the
+    released evaluation files do), since scoring a predictions file needs no pixels. True: every
+    image is checked and a missing or corrupt one is dropped and counted.
     """
-    from rexomni.data_engines.readers import read_dataset
+    from rexomni.data_engines.readers import UNKNOWN_SIZE, read_dataset
 
-    samples, report = read_dataset(path, format=fmt, image_root=image_root, check_images=check_images, **options)
+    kwargs = dict(format=fmt, image_root=image_root, **options)
+    samples, report = read_dataset(path, check_images=bool(check_images), **kwargs)
+    if check_images is None and report.dropped.get(UNKNOWN_SIZE):
+        logger.info("%s: annotations without image sizes; reading the sizes from the images", path)
+        samples, report = read_dataset(path, check_images=True, **kwargs)
     if report.dropped:
         logger.warning("%s: %s", path, report)
-    return assign_keys(list(samples))
+    return assign_keys(list(samples)), report.dropped_images
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterable[dict]:

@@ -230,7 +230,8 @@ def run_benchmark(model: Any, spec: BenchmarkSpec | str | os.PathLike, out_dir: 
     out_dir = Path(out_dir)
     results, curves = {}, {}
     for dataset in spec.datasets:
-        samples = load_annotations(dataset.annotations, dataset.format, dataset.image_root)
+        samples, unreadable = load_annotations(dataset.annotations, dataset.format, dataset.image_root,
+                                               check_images=True)
         if dataset.limit is not None:
             samples = samples[: dataset.limit]
         cache = PredictionCache(out_dir / "predictions" / f"{dataset.name}.jsonl")
@@ -240,7 +241,7 @@ def run_benchmark(model: Any, spec: BenchmarkSpec | str | os.PathLike, out_dir: 
         metrics, dataset_curves = score(scored, cache.predictions(), dataset.task, dataset.metrics, protocol,
                                         dataset.coco_style)
         metrics["samples"] = float(len(scored))
-        metrics["skipped_images"] = float(len(skipped & {s["key"] for s in samples}))
+        metrics["skipped_images"] = float(unreadable + len(skipped & {s["key"] for s in samples}))
         results[dataset.name], curves[dataset.name] = metrics, dataset_curves
     write_reports(results, curves, out_dir, title=f"{spec.name} ({get_protocol(protocol).name} protocol)")
     return results
@@ -252,12 +253,14 @@ def score_files(predictions: str | os.PathLike, annotations: str | os.PathLike, 
     """Score a predictions file (project JSONL or COCO results JSON) against annotations."""
     from .data import load_predictions
 
-    samples = load_annotations(annotations, fmt)
+    samples, unreadable = load_annotations(annotations, fmt)
     coco_gt = annotations if str(annotations).endswith(".json") else None
     preds = load_predictions(predictions, samples, coco_annotations=coco_gt)
     result, curves = score(samples, preds, task, metrics, protocol, coco_style)
     result["samples"] = float(len(samples))
     result["samples_without_prediction"] = float(sum(s["key"] not in preds for s in samples))
+    if unreadable:
+        result["skipped_images"] = float(unreadable)
     return result, curves
 
 

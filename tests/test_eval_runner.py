@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from rexomni.eval import cli
-from rexomni.eval.runner import BenchmarkSpec, PredictionCache, run_benchmark, score_files
+from rexomni.eval.runner import BenchmarkSpec, DatasetSpec, PredictionCache, predict_dataset, run_benchmark, score_files
 
 # Where the stand-in model "sees" each category, whatever the image.
 SEEN = {"cat": [0, 0, 10, 10], "dog": [20, 20, 30, 30], "bird": [40, 40, 50, 50]}
@@ -83,7 +83,7 @@ def test_run_scores_caches_and_reports(benchmark):
     assert [c[0] for c in model.calls] == [2, 2, 1]  # batches of 2; the corrupt image never reached the model
     assert model.calls[0][1:] == ("detection", ["cat", "dog"])
     cache = (out / "predictions" / "toy-set.jsonl").read_text().splitlines()
-    assert len(cache) == 6 and sum("skipped" in json.loads(line) for line in cache) == 1
+    assert len(cache) == 5  # the corrupt image was dropped (and counted) when the annotations were read
     saved = json.loads((out / "results.json").read_text())
     assert saved["results"]["toy-set"]["f1@0.5"] == pytest.approx(0.5)
     table = (out / "results.md").read_text()
@@ -94,6 +94,19 @@ def test_run_scores_caches_and_reports(benchmark):
     again = StandIn()
     assert run_benchmark(again, benchmark / "spec.yaml", out, progress=False) == results
     assert again.calls == []
+
+
+def test_an_image_unreadable_at_prediction_time_is_skipped_once(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+    samples = [{"key": k, "image": str(tmp_path / k), "objects": [], "categories": ["cat"]}
+               for k in ("ok.png", "gone.png")]
+    cache = PredictionCache(tmp_path / "cache.jsonl")
+    model = StandIn()
+    predict_dataset(model, samples, DatasetSpec(name="d", annotations="-"), cache, progress=False)
+    assert cache.skipped() == {"gone.png"} and set(cache.predictions()) == {"ok.png"}
+    assert "gone.png" in cache.lines["gone.png"]["skipped"]  # the reason names the file
+    predict_dataset(model, samples, DatasetSpec(name="d", annotations="-"), PredictionCache(cache.path), progress=False)
+    assert len(model.calls) == 1  # nothing retried
 
 
 def test_a_killed_run_resumes(benchmark):
@@ -107,7 +120,7 @@ def test_a_killed_run_resumes(benchmark):
         f.write('{"key": "trunc')
     model = StandIn()
     resumed = run_benchmark(model, benchmark / "spec.yaml", out, progress=False)
-    assert sum(c[0] for c in model.calls) == 3  # images 2, 3, 4; image 5 is corrupt and recorded as skipped
+    assert sum(c[0] for c in model.calls) == 3  # images 2, 3, 4 (image 5 is corrupt, dropped on reading)
     fresh = run_benchmark(StandIn(), benchmark / "spec.yaml", benchmark / "fresh", progress=False)
     assert resumed == fresh
 
