@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 from PIL import Image
+from rexomni.data_engines.masks import rle_encode
 from rexomni.eval import cli
 from rexomni.eval.runner import BenchmarkSpec, DatasetSpec, PredictionCache, predict_dataset, run_benchmark, score_files
 
@@ -207,3 +208,45 @@ def test_end_to_end_with_the_tiny_checkpoint(benchmark, tiny_checkpoint, tiny_re
     again = run_benchmark(counting, benchmark / "tiny.yaml", out, progress=False)
     assert counting.images == 0 and again["toy-set"] == results
     assert (out / "results.md").exists() and (out / "plots" / "toy-set_f1_vs_iou.png").exists()
+
+
+def _released_eval_files(tmp_path, dataset_name, gt_key="gt"):
+    """Two images in the released evaluation's JSONL (no sizes: read from the images)."""
+    records = []
+    for i in range(2):
+        Image.new("RGB", (40, 40)).save(tmp_path / f"r{i}.png")
+        if gt_key == "gt":
+            gt = {"cat": [[0, 0, 10, 10]], "dog": [[20, 20, 30, 30]]}
+        else:
+            mask = np.zeros((40, 40), dtype=bool)
+            mask[0:10, 0:10] = True
+            gt = {"cat": [rle_encode(mask)]}
+        records.append({"image_path": f"r{i}.png", "categories": sorted(gt), gt_key: gt,
+                        "dataset_name": dataset_name, "task_name": "box"})
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return tmp_path / "eval.jsonl"
+
+
+def test_released_eval_jsonl_through_the_readers(tmp_path):
+    annotations = _released_eval_files(tmp_path, "Dense200")
+    # image 0: both right but the dog is called "Dog!"; image 1: only the cat, plus a duplicate
+    lines = [{"image": str(tmp_path / "r0.png"), "boxes": [[0, 0, 10, 10], [20, 20, 30, 30]], "scores": [1, 1],
+              "labels": ["cat", "Dog!"]},
+             {"image": str(tmp_path / "r1.png"), "boxes": [[0, 0, 10, 10], [0, 0, 10, 10]], "scores": [1, 1],
+              "labels": ["cat", "cat"]}]
+    (tmp_path / "pred.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    strict, _ = score_files(tmp_path / "pred.jsonl", annotations, metrics=["f1"])
+    released, _ = score_files(tmp_path / "pred.jsonl", annotations, metrics=["f1"], protocol="rexomni")
+    # strict, per category: cat 2 TP / 3 predictions, R 1; dog 0 / 2 ground truths; "dog!" its own category
+    assert strict["f1@0.5"] == pytest.approx(2 * (2 / 9) * 0.5 / (2 / 9 + 0.5))
+    # rexomni, per sample: image 0 P 1 R 1 ("Dog!" -> "dog"); image 1 P 1/2 R 1/2
+    assert released["precision@0.5"] == pytest.approx(0.75) and released["recall@0.5"] == pytest.approx(0.75)
+
+
+def test_released_pointing_masks_through_the_readers(tmp_path):
+    annotations = _released_eval_files(tmp_path, "COCO", gt_key="gt_mask")
+    lines = [{"image": str(tmp_path / "r0.png"), "points": [[5, 5]], "scores": [1], "labels": ["cat"]},
+             {"image": str(tmp_path / "r1.png"), "points": [[15, 15]], "scores": [1], "labels": ["cat"]}]
+    (tmp_path / "pred.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    metrics, _ = score_files(tmp_path / "pred.jsonl", annotations, task="pointing")
+    assert metrics["point/f1"] == pytest.approx(0.5)  # one point in its mask, one outside
