@@ -8,7 +8,7 @@ numpy and has no compiled dependency, which keeps the synthetic engine fast and 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw

@@ -26,8 +26,8 @@ from __future__ import annotations
 import os
 import random
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from .negatives_text import RuleFoiler, add_negative_phrases
 from .readers import read_dataset
@@ -130,7 +130,7 @@ class Mixture:
         self._foiler: RuleFoiler | None = None
 
     @classmethod
-    def from_yaml(cls, path: str) -> "Mixture":
+    def from_yaml(cls, path: str) -> Mixture:
         import yaml
 
         with open(path, encoding="utf-8") as f:

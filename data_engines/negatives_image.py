@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -75,7 +75,9 @@ def negative_scene(seed: int, size: int | Sequence[int] = 224, mode: str = "shap
     out = image.copy()
     out.paste(background_of(seed, size, mode).crop((x0, y0, x1, y1)), (x0, y0))
     box_side = max(x1 - x0, y1 - y0)
-    side = box_side if SIZES[new["size"]][0] >= SIZES[old["size"]][0] else int(box_side * _shrink(old["size"], new["size"]))
+    side = box_side
+    if SIZES[new["size"]][0] < SIZES[old["size"]][0]:
+        side = int(box_side * _shrink(old["size"], new["size"]))
     canvas, mask = draw_shape(new["kind"], new["color"], new["texture"], max(side, 4), rng)
     # Centre the new shape in the old box and keep it inside: nothing outside the box may change.
     crop = (max(0, (side - (x1 - x0)) // 2), max(0, (side - (y1 - y0)) // 2))

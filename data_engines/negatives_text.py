@@ -22,9 +22,10 @@ import json
 import os
 import random
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable, Protocol, Sequence
+from typing import Protocol
 
 LEXICON_PATH = os.path.join(os.path.dirname(__file__), "lexicon", "lexicon.yaml")
 FOIL_KINDS = ("color", "material", "size", "state", "spatial", "count", "action", "category")
@@ -48,7 +49,8 @@ def clean_text(text: str) -> str:
     return " ".join(str(text).split()).strip(" \"'`.,;:")
 
 
-def filter_foils(positive: str, candidates: Iterable[str], min_words: int = 1, max_words: int | None = None) -> list[str]:
+def filter_foils(positive: str, candidates: Iterable[str], min_words: int = 1,
+                 max_words: int | None = None) -> list[str]:
     """Keep candidates that differ from ``positive`` in meaning-bearing words, within length bounds.
 
     Dropped: empty, equal to the positive (ignoring case and punctuation), the same bag of words
@@ -81,7 +83,8 @@ def load_lexicon(path: str = LEXICON_PATH) -> dict:
 
     with open(path, encoding="utf-8") as f:
         lexicon = yaml.safe_load(f)
-    missing = {"colors", "materials", "sizes", "states", "spatial", "counts", "actions", "similar_categories"} - set(lexicon)
+    sections = {"colors", "materials", "sizes", "states", "spatial", "counts", "actions", "similar_categories"}
+    missing = sections - set(lexicon)
     if missing:
         raise ValueError(f"lexicon {path} lacks the sections {sorted(missing)}")
     return lexicon
@@ -141,7 +144,8 @@ class RuleFoiler:
         self.table = table
         self.max_span = max(len(k) for k in list(table) + [tuple(c.split()) for c in self.categories])
         self.count_words = {w for w, _ in lexicon["counts"].items()}
-        self.modifiers = {w for key in ("colors", "materials") for w in lexicon[key]} | set(lexicon["sizes"]) | set(lexicon["states"])
+        self.modifiers = {w for key in ("colors", "materials") for w in lexicon[key]}
+        self.modifiers |= set(lexicon["sizes"]) | set(lexicon["states"])
 
     def similar(self, category: str) -> list[str]:
         """Visually similar but different categories for ``category`` (its head noun as a fallback)."""
@@ -257,7 +261,8 @@ class TransformersGenerator:
             raise FileNotFoundError(f"language model folder {path!r} does not exist (hub names are not fetched)")
         self.name = f"transformers:{os.path.abspath(path)}"
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype) if dtype else None).to(device)
+        torch_dtype = getattr(torch, dtype) if dtype else None
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device)
         self.model.eval()
         self.device = device
         if self.tokenizer.pad_token is None:
@@ -276,7 +281,9 @@ class TransformersGenerator:
 
         torch.manual_seed(seed)
         batch = self.tokenizer([self._format(p) for p in prompts], return_tensors="pt", padding=True).to(self.device)
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95} if temperature > 0 else {"do_sample": False}
+        sampling = {"do_sample": False}
+        if temperature > 0:
+            sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95}
         with torch.no_grad():
             out = self.model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
                                       **sampling)

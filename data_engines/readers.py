@@ -18,8 +18,9 @@ import math
 import os
 import pickle
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
@@ -309,7 +310,8 @@ def _clean_object(obj: dict, width: int, height: int) -> str | None:
     for key in ("point",):
         if obj.get(key) is not None:
             x, y = obj[key]
-            if not (-BORDER_TOLERANCE <= x <= width + BORDER_TOLERANCE and -BORDER_TOLERANCE <= y <= height + BORDER_TOLERANCE):
+            t = BORDER_TOLERANCE
+            if not (-t <= x <= width + t and -t <= y <= height + t):
                 return OUTSIDE
     return None
 
@@ -371,7 +373,8 @@ def _read_coco(path: str, report: ReadReport, masks: bool = True, keep_crowd: bo
                 report.drop(CROWD)
                 continue
             category = categories.get(ann.get("category_id"))
-            obj: dict[str, Any] = {"phrase": names.get(ann.get("category_id"), ""), "bbox": xywh_to_xyxy(ann.get("bbox"))}
+            obj: dict[str, Any] = {"phrase": names.get(ann.get("category_id"), ""),
+                                   "bbox": xywh_to_xyxy(ann.get("bbox"))}
             if category is None:
                 obj["_unknown_category"] = True
             elif masks and ann.get("segmentation"):
@@ -564,8 +567,9 @@ def _read_d3(path: str, report: ReadReport, masks: bool = True) -> Iterator[dict
                     obj["_unknown_category"] = True
                 elif masks and ann.get("segmentation"):
                     seg = ann["segmentation"]
-                    obj["mask"] = _segmentation_mask(seg[0] if isinstance(seg, list) and seg and isinstance(seg[0], dict) else seg,
-                                                     height, width)
+                    if isinstance(seg, list) and seg and isinstance(seg[0], dict):
+                        seg = seg[0]  # D3 stores the RLE inside a one-element list
+                    obj["mask"] = _segmentation_mask(seg, height, width)
                 objects.append(obj)
         asked = []
         for group_id in _as_list(image.get("group_id")):

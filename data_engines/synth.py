@@ -20,8 +20,8 @@ from __future__ import annotations
 import math
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -117,7 +117,7 @@ def generate_scene(seed_or_rng: int | random.Random | None = None, size: int | S
     return scene.image, sample
 
 
-def _start_scene(seed_or_rng, size, mode: str) -> "_Scene":
+def _start_scene(seed_or_rng, size, mode: str) -> _Scene:
     """A scene with its background drawn: the first draws of every scene, so replaying them with
     the same seed gives the background without the objects (the negative image engine needs it)."""
     rng = seed_or_rng if isinstance(seed_or_rng, random.Random) else random.Random(seed_or_rng)
@@ -141,7 +141,7 @@ def draw_shape(kind: str, color: str, texture: str, side: int, rng: random.Rando
     """One shape on a ``side`` x ``side`` canvas: (RGB canvas, L mask)."""
     mask = Image.new("L", (side, side), 0)
     _draw_kind(ImageDraw.Draw(mask), kind, side)
-    rgb = tuple(int(np.clip(c + rng.randint(-12, 12), 0, 255)) for c in COLORS[color])
+    rgb = tuple(min(255, max(0, c + rng.randint(-12, 12))) for c in COLORS[color])
     canvas = Image.new("RGB", (side, side), rgb)
     _texture(canvas, texture, rgb, rng)
     return canvas, mask
@@ -239,30 +239,32 @@ class _Scene:
     def background(self, kind: str) -> None:
         rng, w, h = self.rng, self.width, self.height
         base = np.array([rng.randint(70, 190)] * 3) + np.array([rng.randint(-25, 25) for _ in range(3)])
+        self.mean_color = base.astype(np.float64)
         if kind == "plain":
-            arr = np.broadcast_to(base, (h, w, 3)).astype(np.float32)
-        elif kind == "noise":
-            arr = base + self.nprng.normal(0, rng.uniform(8, 30), (h, w, 3))
+            self.image = Image.new("RGB", (w, h), tuple(int(c) for c in base))
+            return
+        if kind in ("noise", "clutter"):  # float32 noise: the background is the costliest part of a scene
+            sigma = rng.uniform(8, 30) if kind == "noise" else 10.0
+            arr = self.nprng.standard_normal((h, w, 3), dtype=np.float32) * np.float32(sigma) + base.astype(np.float32)
         elif kind == "gradient":
             other = base + np.array([rng.randint(-60, 60) for _ in range(3)])
-            t = np.linspace(0, 1, w if rng.random() < 0.5 else h, dtype=np.float32)
-            t = t[None, :, None] if t.size == w else t[:, None, None]
-            arr = base * (1 - t) + other * t + np.zeros((h, w, 1))
-        elif kind == "stripes":
+            horizontal = rng.random() < 0.5
+            t = np.linspace(0, 1, w if horizontal else h, dtype=np.float32)
+            t = t[None, :, None] if horizontal else t[:, None, None]
+            arr = np.broadcast_to(base * (1 - t) + other * t, (h, w, 3))
+        else:  # stripes
             period = rng.randint(6, 20)
-            band = (np.arange(w if rng.random() < 0.5 else h) // period) % 2
-            band = band[None, :, None] if band.size == w else band[:, None, None]
-            arr = base + band * rng.randint(10, 30) + np.zeros((h, w, 1))
-        else:  # clutter: a textured base with thin marks that are no object
-            arr = base + self.nprng.normal(0, 10, (h, w, 3))
+            horizontal = rng.random() < 0.5
+            band = (np.arange(w if horizontal else h) // period) % 2
+            band = band[None, :, None] if horizontal else band[:, None, None]
+            arr = np.broadcast_to(base + band * rng.randint(10, 30), (h, w, 3))
         self.image = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
-        if kind == "clutter":
+        if kind == "clutter":  # thin marks that are no object
             draw = ImageDraw.Draw(self.image)
             for _ in range(rng.randint(15, 40)):
-                tone = tuple(int(np.clip(c + rng.randint(-50, 50), 0, 255)) for c in base)
+                tone = tuple(min(255, max(0, int(c) + rng.randint(-50, 50))) for c in base)
                 x, y = rng.uniform(0, w), rng.uniform(0, h)
                 draw.line([(x, y), (x + rng.uniform(-30, 30), y + rng.uniform(-30, 30))], fill=tone, width=1)
-        self.mean_color = np.asarray(base, dtype=np.float64)
 
     # ---- placement
     def _place(self, bw: int, bh: int, tries: int = 30) -> tuple[int, int] | None:
@@ -336,7 +338,8 @@ class _Scene:
             objects.append({"phrase": self._name(p.attributes, granularity), "bbox": p.box,
                             "point": [p.box[0] + point[0], p.box[1] + point[1]], "attributes": dict(p.attributes)})
         present = sorted({o["phrase"] for o in objects})
-        sample: dict = {"objects": objects, "categories": sorted(set(present) | set(self._absent(granularity, present)))}
+        absent = self._absent(granularity, present)
+        sample: dict = {"objects": objects, "categories": sorted(set(present) | set(absent))}
         if referring:
             sample["referring"] = self._referring(granularity)
         if negative_prob and len(present) > 1 and rng.random() < negative_prob:
@@ -454,7 +457,8 @@ class _Scene:
         shade = rng.randint(200, 245)
         self.image = Image.new("RGB", (w, h), (shade, shade, shade))
         draw = ImageDraw.Draw(self.image)
-        draw.rectangle([0, 0, w, max(8, h // 12)], fill=(rng.randint(20, 80), rng.randint(60, 120), rng.randint(120, 200)))
+        title_bar = (rng.randint(20, 80), rng.randint(60, 120), rng.randint(120, 200))
+        draw.rectangle([0, 0, w, max(8, h // 12)], fill=title_bar)
         self.mean_color = np.array([shade] * 3, dtype=np.float64)
         objects = []
         labels = rng.sample(GUI_LABELS, k=min(len(GUI_LABELS), rng.randint(*count)))
@@ -467,7 +471,9 @@ class _Scene:
             if xy is None or xy[1] < h // 12 + 2:
                 continue
             mask = Image.new("L", (bw, bh), 255)
-            fill = (rng.randint(40, 200), rng.randint(40, 200), rng.randint(40, 200)) if kind == "button" else (255, 255, 255)
+            fill = (255, 255, 255)
+            if kind == "button":
+                fill = (rng.randint(40, 200), rng.randint(40, 200), rng.randint(40, 200))
             canvas = Image.new("RGB", (bw, bh), fill)
             d = ImageDraw.Draw(canvas)
             d.rectangle([0, 0, bw - 1, bh - 1], outline=(60, 60, 60))

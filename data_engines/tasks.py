@@ -14,7 +14,7 @@ never answered. A sample that cannot serve a task raises ``TaskNotApplicable``.
 from __future__ import annotations
 
 import random
-from typing import Callable
+from collections.abc import Callable
 
 from rexomni.grammar import format_answer, format_keypoints
 from rexomni.prompts import KEYPOINT_NAMES, build_prompt, sample_template

@@ -2,9 +2,10 @@
 
 import json
 
-from rexomni.cli import main
 from rexomni.data_engines.mixture import SYNTH_MIX
 from rexomni.data_engines.readers import read_dataset
+
+from rexomni.cli import main
 
 
 def test_synth_then_convert(tmp_path, capsys):

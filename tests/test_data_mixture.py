@@ -5,12 +5,11 @@ import json
 import pytest
 import yaml
 from PIL import Image
-
+from rexomni.data_engines.mixture import SYNTH_MIX as SPEC
 from rexomni.data_engines.mixture import Mixture
 from rexomni.data_engines.readers import write_samples
-from rexomni.grammar import parse_output
 
-from rexomni.data_engines.mixture import SYNTH_MIX as SPEC
+from rexomni.grammar import parse_output
 
 
 def test_shipped_spec_streams_every_task_and_counts_them():

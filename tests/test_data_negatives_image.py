@@ -6,7 +6,6 @@ import random
 import numpy as np
 import pytest
 from PIL import Image
-
 from rexomni.data_engines.masks import mask_bbox, rle_decode
 from rexomni.data_engines.negatives_image import (
     ClipFilter,
@@ -51,7 +50,8 @@ def test_synthetic_negative_with_a_given_change():
                                       granularity="color kind")
     assert neg["objects"][0]["phrase"] == f"{color} {old['kind']}"
     x, y = (int(v) for v in neg["objects"][0]["point"])
-    assert np.abs(np.asarray(image)[y, x].astype(int) - {"blue": (30, 70, 220), "red": (220, 30, 30)}[color]).max() <= 12
+    named = {"blue": (30, 70, 220), "red": (220, 30, 30)}[color]
+    assert np.abs(np.asarray(image)[y, x].astype(int) - named).max() <= 12
     with pytest.raises(ValueError, match="unknown attribute"):
         negative_scene(5, 160, "single", index=0, change={"color": "plaid"}, num_objects=(1, 1))
 

@@ -7,7 +7,6 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-
 from rexomni.data_engines.negatives_text import (
     ChatCompletionsGenerator,
     LLMFoiler,

@@ -7,7 +7,6 @@ import pickle
 import numpy as np
 import pytest
 from PIL import Image
-
 from rexomni.data_engines import readers
 from rexomni.data_engines.masks import deepest_point, mask_bbox, polygons_to_mask, rle_decode, rle_encode
 from rexomni.data_engines.readers import read_dataset, write_samples

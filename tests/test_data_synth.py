@@ -4,7 +4,6 @@ import random
 
 import numpy as np
 import pytest
-
 from rexomni.data_engines.masks import mask_bbox, rle_decode
 from rexomni.data_engines.synth import COLORS, MODES, OOD_KINDS, RELATIONS, TRAIN_KINDS, generate_scene
 

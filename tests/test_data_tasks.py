@@ -4,11 +4,11 @@ import random
 
 import numpy as np
 import pytest
-
-from rexomni.codec import get_codec
-from rexomni.data_engines.masks import rle_decode, rle_encode
+from rexomni.data_engines.masks import rle_encode
 from rexomni.data_engines.synth import generate_scene
 from rexomni.data_engines.tasks import TASKS, TaskNotApplicable, build_example, point_of
+
+from rexomni.codec import get_codec
 from rexomni.grammar import parse_output
 from rexomni.tokens import NEG_BOX_START, NEG_REF_START
 
