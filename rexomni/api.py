@@ -326,16 +326,11 @@ class RexOmni:
         """
         task = canonical_task(task)
         single = not isinstance(images, (list, tuple))
-        image_list = [images] if single else list(images)
-        n = len(image_list)
+        requests = self.prepare(images, task, categories, negatives=negatives, negative_boxes=negative_boxes,
+                                visual_prompt=visual_prompt, keypoint_names=keypoint_names)
+        n = len(requests)
         if n == 0:
             return []
-        requests = [
-            self._request(task, image, _pick(categories, i, n, depth=1), _pick(negatives, i, n, depth=1),
-                          _pick(negative_boxes, i, n, depth=2), _pick(visual_prompt, i, n, depth=2),
-                          _pick(keypoint_names, i, n, depth=1))
-            for i, image in enumerate(image_list)
-        ]
         results = []
         chunks = range(0, n, max(1, batch_size))
         if progress:
@@ -349,6 +344,53 @@ class RexOmni:
         return results[0] if single else results
 
     __call__ = predict
+
+    def score(self, images, answers, task: str = "detection", categories=None, *, negatives=None,
+              negative_boxes=None, visual_prompt=None, keypoint_names=None):
+        """Teacher-forced: the result the model gives ``answers`` (answer texts), with scores.
+
+        The same prompts and score definition as :meth:`predict`, but the coordinate tokens are the
+        given ones: how confident the model is in an answer it did not necessarily write.
+        """
+        import torch
+
+        task = canonical_task(task)
+        single = not isinstance(images, (list, tuple))
+        answer_list = [answers] if single else list(answers)
+        requests = self.prepare(images, task, categories, negatives=negatives, negative_boxes=negative_boxes,
+                                visual_prompt=visual_prompt, keypoint_names=keypoint_names)
+        if len(answer_list) != len(requests):
+            raise ValueError(f"got {len(answer_list)} answers for {len(requests)} images")
+        prompts = [self.chat_text(r["prompt"]) for r in requests]
+        answer_ids = [self.tokenizer.encode(a, add_special_tokens=False) for a in answer_list]
+        images_in = [r["image"] for r in requests]
+        inputs = self.processor(text=[p + a for p, a in zip(prompts, answer_list)], images=images_in,
+                                padding=True, return_tensors="pt").to(self.model.device)
+        with torch.inference_mode():
+            logits = self.model(**inputs).logits.float()
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(2, inputs["input_ids"][:, 1:, None])[..., 0]
+        results = []
+        for i, request in enumerate(requests):
+            k = len(answer_ids[i])
+            ids = inputs["input_ids"][i, -k:].cpu() if k else torch.zeros(0, dtype=torch.long)
+            row = logprobs[i, -k:].cpu() if k else torch.zeros(0)
+            results.append(self._to_result(task, request, ids, row, int(inputs["attention_mask"][i].sum()) - k))
+        return results[0] if single else results
+
+    def prepare(self, images, task: str = "detection", categories=None, *, negatives=None, negative_boxes=None,
+                visual_prompt=None, keypoint_names=None) -> list[dict]:
+        """Load the images and build each one's prompt: a list of requests with ``image`` (RGB PIL),
+        ``width``, ``height``, ``prompt`` (the user text) and ``phrases`` (the names it may answer)."""
+        task = canonical_task(task)
+        image_list = list(images) if isinstance(images, (list, tuple)) else [images]
+        n = len(image_list)
+        return [
+            self._request(task, image, _pick(categories, i, n, depth=1), _pick(negatives, i, n, depth=1),
+                          _pick(negative_boxes, i, n, depth=1, boxes=True),
+                          _pick(visual_prompt, i, n, depth=(1, 2), boxes=True),
+                          _pick(keypoint_names, i, n, depth=1))
+            for i, image in enumerate(image_list)
+        ]
 
     # ------------------------------------------------------------------ internals
     def _request(self, task, image, categories, negatives, negative_boxes, visual_prompt, keypoint_names) -> dict:
@@ -486,29 +528,30 @@ def _generated_length(tokenizer, ids: list[int]) -> int:
     return min(n + 1, len(ids))
 
 
-def _pick(value, i: int, n: int, depth: int):
+def _pick(value, i: int, n: int, depth, boxes: bool = False):
     """``value`` for image ``i``: shared, or per image when it is a list of ``n`` per-image values.
 
-    ``depth`` is the nesting of one image's value (1: a list of strings; 2: a list of boxes).
+    ``depth`` is how many list levels one image's value has (see :func:`_nesting`), or a tuple of
+    those allowed. ``boxes`` belong to one image, so a batch must give them per image.
     """
     if value is None or isinstance(value, (str, dict)):
         return value
+    depths = depth if isinstance(depth, tuple) else (depth,)
     value = list(value)
-    if n > 1 and len(value) == n and all(_nesting(v) == depth for v in value):
+    if n > 1 and len(value) == n and all(isinstance(v, dict) or _nesting(v) in depths for v in value):
         return value[i]
-    if n > 1 and depth == 2 and value and _nesting(value) == depth:
-        raise ValueError("boxes for a batch must be given per image: a list with one list of boxes per image")
+    if n > 1 and boxes and value:
+        raise ValueError("boxes for a batch must be given per image: a list with one entry per image")
     return value
 
 
 def _nesting(value) -> int:
+    """List levels above the leaves: ``["a"]`` 1, ``[x0, y0, x1, y1]`` 0, a list of boxes 1."""
     depth = 0
     while isinstance(value, (list, tuple, np.ndarray)) and len(value) > 0:
         value = value[0]
         depth += 1
-    if isinstance(value, str):
-        return depth
-    return depth - 1 if depth else 0
+    return depth if isinstance(value, str) else max(depth - 1, 0)
 
 
 def _as_box_groups(boxes) -> list:
