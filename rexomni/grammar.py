@@ -84,6 +84,12 @@ class ParsedOutput:
             self.problems.append("more problems not listed")
 
 
+def _short(text: str | None, limit: int = 30) -> str:
+    """A phrase or stray text as problems quote it: repr, cut at ``limit`` characters."""
+    text = text or ""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
 # --------------------------------------------------------------------------- serializer
 
 
@@ -222,7 +228,7 @@ class _Reader:
             marker = m.group()
             if marker == OBJECT_REF_START:
                 if content_start is not None:
-                    out._problem(f"group {phrase!r} not closed")
+                    out._problem(f"group {_short(phrase)} not closed")
                     self.content(phrase, content_start, m.start(), truncated=True)
                     content_start = None
                 elif phrase_start is not None:
@@ -238,7 +244,7 @@ class _Reader:
                 phrase_start, last_end = None, m.end()
             elif marker == BOX_START:
                 if content_start is not None:
-                    out._problem(f"group {phrase!r} not closed")
+                    out._problem(f"group {_short(phrase)} not closed")
                     self.content(phrase, content_start, m.start(), truncated=True)
                 elif phrase is None:
                     out._problem("coordinates without a phrase")
@@ -252,7 +258,7 @@ class _Reader:
                     self.content(phrase, content_start, m.start(), truncated=False)
                 phrase, content_start, last_end = None, None, m.end()
         if content_start is not None:
-            out._problem(f"truncated group {phrase!r}")
+            out._problem(f"truncated group {_short(phrase)}")
             self.content(phrase, content_start, len(text), truncated=True)
         elif phrase_start is not None or phrase is not None:
             out._problem("truncated phrase")
@@ -262,7 +268,7 @@ class _Reader:
     def _stray(self, start: int, end: int) -> None:
         stray = self.text[start:end].strip(" ,\n")
         if stray:
-            self.out._problem(f"stray text {stray[:30]!r}")
+            self.out._problem(f"stray text {_short(stray)}")
 
     def content(self, phrase: str | None, start: int, end: int, truncated: bool) -> None:
         """Items between ``start`` and ``end``; a final incomplete item of a truncated group is dropped."""
@@ -286,12 +292,12 @@ class _Reader:
             elif token == "None":
                 saw_none = True
             else:
-                self.out._problem(f"stray text {token[:30]!r} in group {phrase!r}")
+                self.out._problem(f"stray text {_short(token)} in group {_short(phrase)}")
         self._close_item(phrase, bins, span, items, last=truncated)
         if saw_none and items:
-            self.out._problem(f"None next to coordinates in group {phrase!r}")
+            self.out._problem(f"None next to coordinates in group {_short(phrase)}")
         if not items and not saw_none and not truncated:
-            self.out._problem(f"empty group {phrase!r}")
+            self.out._problem(f"empty group {_short(phrase)}")
         self.out._add(phrase, items)
 
     def _close_item(self, phrase: str, bins: list[int], span, items: list, last: bool) -> None:
@@ -301,7 +307,7 @@ class _Reader:
         kind = "box" if n == 4 else "point" if n == 2 else "polygon" if n >= 6 and n % 2 == 0 else None
         if kind is None:
             self.out._problem(
-                f"{'truncated item' if last else f'item with {n} coordinates'} in group {phrase!r} dropped"
+                f"{'truncated item' if last else f'item with {n} coordinates'} in group {_short(phrase)} dropped"
             )
             return
         items.append(self.item(kind, bins, span, phrase))
@@ -309,11 +315,11 @@ class _Reader:
     def item(self, kind: str, bins: list[int], span: tuple[int, int], phrase: str) -> Item:
         top = self.codec.num_bins - 1
         if max(bins) > top:
-            self.out._problem(f"coordinate above {top} clamped in group {phrase!r}")
+            self.out._problem(f"coordinate above {top} clamped in group {_short(phrase)}")
         coords = self.codec.decode_list(bins, self.width, self.height)
         if kind in ("box", "keypoints"):
             if coords[2] < coords[0] or coords[3] < coords[1]:
-                self.out._problem(f"box with x1 < x0 or y1 < y0 reordered in group {phrase!r}")
+                self.out._problem(f"box with x1 < x0 or y1 < y0 reordered in group {_short(phrase)}")
                 x0, x1 = sorted((coords[0], coords[2]))
                 y0, y1 = sorted((coords[1], coords[3]))
                 coords = [x0, y0, x1, y1]
@@ -326,7 +332,7 @@ class _Reader:
         text, out = self.text, self.out
         coords = list(_COORD.finditer(text))
         if not coords:
-            out._problem(f"no coordinates in {text.strip()[:30]!r}")
+            out._problem(f"no coordinates in {_short(text.strip())}")
             return
         out._problem("no group markers; read without them")
         runs, run = [], [coords[0]]
@@ -382,7 +388,7 @@ class _Reader:
         phrase = re.sub(r"[\s_]*\d+$", "", str(name)) or str(name)
         box_bins = [int(b) for b in _COORD.findall(bbox)] if isinstance(bbox, str) else []
         if len(box_bins) != 4:
-            self.out._problem(f"keypoint instance {name!r} without a 4-number bbox dropped")
+            self.out._problem(f"keypoint instance {_short(str(name))} without a 4-number bbox dropped")
             return
         item = self.item("keypoints", box_bins, (0, 0), phrase)
         item.keypoints = {}
@@ -392,6 +398,6 @@ class _Reader:
                 item.keypoints[joint] = self.codec.decode_list(bins, self.width, self.height)
             else:
                 if not (isinstance(value, str) and value.strip() == UNVISIBLE):
-                    self.out._problem(f"keypoint {joint!r} of {name!r} unreadable")
+                    self.out._problem(f"keypoint {_short(str(joint))} of {_short(str(name))} unreadable")
                 item.keypoints[joint] = None
         self.out._add(phrase, [item])

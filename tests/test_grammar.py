@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from rexomni import format_answer, format_keypoints, parse_output
 from rexomni.tokens import BOX_END, BOX_START, OBJECT_REF_END, OBJECT_REF_START
 
+MARKERS = [OBJECT_REF_START, OBJECT_REF_END, BOX_START, BOX_END]
 RELEASED = (
     "<|object_ref_start|>person<|object_ref_end|><|box_start|><12><412><339><568>,<92><55><179><378>"
     "<|box_end|>, <|object_ref_start|>dog<|object_ref_end|><|box_start|>None<|box_end|><|im_end|>"
@@ -124,9 +125,9 @@ def test_keypoints_round_trip_through_the_serializer():
 
 def test_empty_and_garbage():
     assert parse_output("", 10, 10).problems == ["empty answer"]
-    garbage = "".join(random.Random(0).choice("<>|,0123456789 None_abc") for _ in range(1_000_000))
+    garbage = "".join(random.Random(0).choices(list("<>|,0123456789 None_abc") + MARKERS, k=1_000_000))
     p = parse_output(garbage, 10, 10)
-    assert len(p.problems) <= 21
+    assert len(p.problems) <= 21 and max(len(problem) for problem in p.problems) < 120
     assert all(0 <= c <= 10 for _, item in p.items() for c in np.ravel(item.coords))
 
 
