@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -67,8 +69,11 @@ def build_coco(samples: list[dict], predictions: Mapping[str, Prediction], proto
     images, annotations, results, unknown = [], [], [], 0
     for image_id, s in enumerate(samples, 1):
         image = {"id": image_id, "width": s.get("width", 0), "height": s.get("height", 0), "file_name": s["key"]}
-        negatives = (s.get("negatives") or {}).get("phrases", [])
-        image["neg_category_ids"] = [cat_id[n] for n in map(protocol.normalize, negatives) if n in cat_id]
+        # verified absent (LVIS's negatives): asked, or listed as negative, and not present
+        present = {protocol.normalize(o["phrase"]) for o in s.get("objects", [])}
+        asked = [str(c) for c in s.get("categories", [])] + list((s.get("negatives") or {}).get("phrases", []))
+        image["neg_category_ids"] = sorted({cat_id[n] for n in map(protocol.normalize, asked)
+                                            if n in cat_id and n not in present})
         image["not_exhaustive_category_ids"] = [cat_id[n] for n in map(protocol.normalize,
                                                 s.get("not_exhaustive_categories", [])) if n in cat_id]
         images.append(image)
@@ -93,6 +98,15 @@ def build_coco(samples: list[dict], predictions: Mapping[str, Prediction], proto
                             "score": float(score)})
     gt = {"images": images, "annotations": annotations, "categories": categories}
     return gt, results, unknown
+
+
+def lvis_category_frequency(path: str | os.PathLike) -> dict[str, str]:
+    """``{phrase: "r" | "c" | "f"}`` from an LVIS annotation file, phrases spelt as the reader spells them."""
+    from rexomni.data_engines.readers import _phrase  # the reader's own name cleaning, so the keys match
+
+    with open(path, encoding="utf-8") as f:
+        categories = json.load(f).get("categories", [])
+    return {_phrase(c["name"]): c["frequency"] for c in categories if c.get("frequency")}
 
 
 def _object_area(obj: Mapping, box_area: float) -> float:

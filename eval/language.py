@@ -1,7 +1,8 @@
 """Language-based detection with negative descriptions (OmniLabel- and D3-style AP).
 
-A sample asks descriptions: those of its objects (positives) and its ``negatives.phrases``, which
-refer to nothing in that image. Every description is an AP "category"; a prediction for a
+A sample asks descriptions: those of its objects (positives), and its ``negatives.phrases`` and
+``categories`` without an object there, which refer to nothing in that image (OmniLabel's and D3's
+readers list an image's whole label space in ``categories``). Every description is an AP "category"; a prediction for a
 description the image was not asked about is dropped (the model never saw that question).
 
 - ``language/AP``: COCO-style AP over descriptions, predictions on negative descriptions included
@@ -36,9 +37,11 @@ def is_absence_description(description: str) -> bool:
 
 
 def _asked(sample: Mapping) -> tuple[set[str], set[str]]:
+    """(descriptions present in the image, descriptions asked there that refer to nothing): the
+    absent ones are the sample's ``negatives.phrases`` and its ``categories`` without an object."""
     positives = {str(o["phrase"]) for o in sample.get("objects", [])}
-    negatives = {str(p) for p in (sample.get("negatives") or {}).get("phrases", [])} - positives
-    return positives | set(gt_categories(sample)) - negatives, negatives
+    asked = set(gt_categories(sample)) | {str(p) for p in (sample.get("negatives") or {}).get("phrases", [])}
+    return positives, asked - positives
 
 
 def _restrict(predictions: Mapping[str, Prediction], samples: list[dict], protocol: Protocol,

@@ -166,9 +166,19 @@ def asked_categories(sample: Mapping, ask: str = "categories") -> list[str]:
 def _request(sample: Mapping, spec: DatasetSpec) -> dict[str, Any]:
     """Keyword arguments for ``model.predict`` for one sample (besides images and task)."""
     request: dict[str, Any] = {"categories": asked_categories(sample, spec.ask)}
-    if spec.task == "visual_prompting" and sample.get("visual_prompt") is not None:
-        request["visual_prompt"] = sample["visual_prompt"]
+    if spec.task == "visual_prompting":
+        request["visual_prompt"] = sample.get("visual_prompt") or example_boxes(sample)
     return {**spec.predict, **request}
+
+
+def example_boxes(sample: Mapping, per_phrase: int = 3) -> dict[str, list]:
+    """A visual prompt from a sample's own ground truth: up to ``per_phrase`` boxes of each phrase
+    (used when the data set gives no prompt of its own)."""
+    prompt: dict[str, list] = {}
+    for obj in sample.get("objects", []):
+        if obj.get("bbox") is not None and len(prompt.setdefault(obj["phrase"], [])) < per_phrase:
+            prompt[obj["phrase"]].append(list(obj["bbox"]))
+    return prompt
 
 
 def predict_dataset(model: Any, samples: list[dict], spec: DatasetSpec, cache: PredictionCache,
@@ -239,12 +249,23 @@ def run_benchmark(model: Any, spec: BenchmarkSpec | str | os.PathLike, out_dir: 
         skipped = cache.skipped()
         scored = [s for s in samples if s["key"] not in skipped]
         metrics, dataset_curves = score(scored, cache.predictions(), dataset.task, dataset.metrics, protocol,
-                                        dataset.coco_style)
+                                        dataset.coco_style, _lvis_frequency(dataset.annotations, dataset.format))
         metrics["samples"] = float(len(scored))
         metrics["skipped_images"] = float(unreadable + len(skipped & {s["key"] for s in samples}))
         results[dataset.name], curves[dataset.name] = metrics, dataset_curves
     write_reports(results, curves, out_dir, title=f"{spec.name} ({get_protocol(protocol).name} protocol)")
     return results
+
+
+def _lvis_frequency(annotations: str | os.PathLike, fmt: str | None) -> dict[str, str] | None:
+    """Category frequencies when the annotations are LVIS (the sample schema does not carry them)."""
+    from rexomni.data_engines.readers import detect_format
+
+    if (fmt or detect_format(str(annotations))) != "lvis":
+        return None
+    from .coco import lvis_category_frequency
+
+    return lvis_category_frequency(annotations)
 
 
 def score_files(predictions: str | os.PathLike, annotations: str | os.PathLike, task: str = "detection",
@@ -256,7 +277,7 @@ def score_files(predictions: str | os.PathLike, annotations: str | os.PathLike, 
     samples, unreadable = load_annotations(annotations, fmt)
     coco_gt = annotations if str(annotations).endswith(".json") else None
     preds = load_predictions(predictions, samples, coco_annotations=coco_gt)
-    result, curves = score(samples, preds, task, metrics, protocol, coco_style)
+    result, curves = score(samples, preds, task, metrics, protocol, coco_style, _lvis_frequency(annotations, fmt))
     result["samples"] = float(len(samples))
     result["samples_without_prediction"] = float(sum(s["key"] not in preds for s in samples))
     if unreadable:

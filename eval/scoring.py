@@ -32,7 +32,8 @@ DETECTION_TASKS = ("detection", "pointing", "visual_prompting", "keypoint")
 
 def score(samples: list[dict], predictions: Mapping[str, Prediction], task: str = "detection",
           metrics: list[str] | None = None, protocol: str | Protocol = "strict",
-          coco_style: bool | None = None) -> tuple[dict[str, float], dict]:
+          coco_style: bool | None = None,
+          category_frequency: Mapping[str, str] | None = None) -> tuple[dict[str, float], dict]:
     """Flat metrics (``f1@0.5``, ``coco/AP``, ``point/f1``, ...) and curves for the plots.
 
     ``metrics`` default to the task's (``DEFAULT_METRICS``); ``coco_style`` defaults to whether the
@@ -46,6 +47,8 @@ def score(samples: list[dict], predictions: Mapping[str, Prediction], task: str 
         raise ValueError(f"unknown metrics {sorted(unknown)}; expected some of {TASK_METRICS}")
     protocol = get_protocol(protocol)
     coco_style = is_coco_style(samples) if coco_style is None else coco_style
+    if task == "visual_prompting":  # the example boxes define the class: names play no part
+        samples, predictions = _one_class(samples, predictions)
     detection_set = task in DETECTION_TASKS
     out: dict[str, float] = {}
     curves: dict = {}
@@ -56,7 +59,7 @@ def score(samples: list[dict], predictions: Mapping[str, Prediction], task: str 
                                "precision": f1.precision.tolist(), "recall": f1.recall.tolist()}
     if "coco" in metrics:
         if any(o.get("bbox") is not None for s in samples for o in s.get("objects", [])):
-            coco = coco_ap(samples, predictions, protocol)
+            coco = coco_ap(samples, predictions, protocol, category_frequency=category_frequency)
             out.update(coco.metrics)
             out["coco/unknown_labels"] = float(coco.unknown_labels)
             curves["pr"] = {f"{t:g}": {"recall": coco.recall_grid.tolist(), "precision": p.tolist()}
@@ -76,7 +79,16 @@ def score(samples: list[dict], predictions: Mapping[str, Prediction], task: str 
     if "visual_prompt" in metrics:
         out.update(visual_prompt_metrics(samples, predictions))
     if "referring" in metrics:
-        out["ref/acc@0.5"] = referring_accuracy(samples, predictions, 0.5)
+        out["ref/acc@0.5"] = referring_accuracy(samples, predictions, 0.5, protocol)
     if "language" in metrics:
         out.update(language_metrics(samples, predictions, protocol))
     return out, curves
+
+
+def _one_class(samples: list[dict], predictions: Mapping[str, Prediction], name: str = "object"):
+    """The same samples and predictions with every phrase and label replaced by ``name``."""
+    samples = [dict(s, categories=[name], objects=[dict(o, phrase=name) for o in s.get("objects", [])])
+               for s in samples]
+    predictions = {k: Prediction(p.boxes, p.scores, [name] * len(p.labels), p.points, p.keypoints)
+                   for k, p in predictions.items()}
+    return samples, predictions

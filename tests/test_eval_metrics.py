@@ -105,6 +105,14 @@ def test_referring_accuracy_uses_the_top_prediction():
     assert referring_accuracy(samples, preds) == pytest.approx(1 / 3)
 
 
+def test_referring_accuracy_per_expression():
+    # one image asked two expressions (as the RefCOCO reader groups them): each is its own question
+    samples = assign_keys([{"image": "a", "width": 50, "height": 50, "objects": [
+        {"phrase": "left cat", "bbox": [0, 0, 10, 10]}, {"phrase": "right cat", "bbox": [30, 0, 40, 10]}]}])
+    preds = {"a": Prediction([[30, 0, 40, 10], [30, 0, 40, 10]], [0.9, 0.9], ["left cat", "right cat"])}
+    assert referring_accuracy(samples, preds) == pytest.approx(1 / 2)
+
+
 # ----------------------------------------------------------------------------- language
 
 
@@ -138,6 +146,22 @@ def test_language_ap_with_negative_descriptions():
     assert description_confidences(samples, preds) == ([0.9, 0.7, 0.9], [0.8, 0.95])
     assert m["ood/auroc"] == pytest.approx(2 / 6)
     assert m["ood/fpr@95tpr"] == pytest.approx(1.0)
+
+
+def test_absent_descriptions_from_the_label_space():
+    # OmniLabel/D3 readers list an image's whole label space in `categories`; those without an
+    # object there refer to nothing
+    A = [0, 0, 10, 10]
+    samples = assign_keys([{"image": "1", "width": 20, "height": 20, "categories": ["red car", "blue car"],
+                            "objects": [{"phrase": "red car", "bbox": A}]},
+                           {"image": "2", "width": 20, "height": 20, "categories": ["blue car"],
+                            "objects": [{"phrase": "blue car", "bbox": A}]}])
+    preds = {"1": Prediction([A, A], [0.9, 0.95], ["red car", "blue car"]),
+             "2": Prediction([A], [0.5], ["blue car"])}
+    m = language_metrics(samples, preds)
+    assert m["language/AP"] == pytest.approx((1 + 0.5) / 2)  # blue car: the absent one ranks first
+    assert m["language/AP_pos"] == pytest.approx(1.0)
+    assert description_confidences(samples, preds) == ([0.9, 0.5], [0.95])
 
 
 def test_absence_heuristic():

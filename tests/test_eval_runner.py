@@ -8,7 +8,17 @@ import pytest
 from PIL import Image
 from rexomni.data_engines.masks import rle_encode
 from rexomni.eval import cli
-from rexomni.eval.runner import BenchmarkSpec, DatasetSpec, PredictionCache, predict_dataset, run_benchmark, score_files
+from rexomni.eval.data import Prediction, assign_keys
+from rexomni.eval.runner import (
+    BenchmarkSpec,
+    DatasetSpec,
+    PredictionCache,
+    example_boxes,
+    predict_dataset,
+    run_benchmark,
+    score_files,
+)
+from rexomni.eval.scoring import score
 
 # Where the stand-in model "sees" each category, whatever the image.
 SEEN = {"cat": [0, 0, 10, 10], "dog": [20, 20, 30, 30], "bird": [40, 40, 50, 50]}
@@ -250,3 +260,39 @@ def test_released_pointing_masks_through_the_readers(tmp_path):
     (tmp_path / "pred.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     metrics, _ = score_files(tmp_path / "pred.jsonl", annotations, task="pointing")
     assert metrics["point/f1"] == pytest.approx(0.5)  # one point in its mask, one outside
+
+
+def test_visual_prompting_prompts_and_scoring():
+    sample = {"image": "a", "width": 50, "height": 50, "objects": [
+        {"phrase": "cell", "bbox": [0, 0, 5, 5]}, {"phrase": "cell", "bbox": [10, 0, 15, 5]},
+        {"phrase": "cell", "bbox": [20, 0, 25, 5]}, {"phrase": "cell", "bbox": [30, 0, 35, 5]}]}
+    # without a prompt of its own, a sample prompts with up to three of its boxes per phrase
+    assert example_boxes(sample) == {"cell": [[0, 0, 5, 5], [10, 0, 15, 5], [20, 0, 25, 5]]}
+    samples = assign_keys([sample])
+    # the model names its answer after the prompt group ("object_1"): scored class-agnostically
+    pred = Prediction([o["bbox"] for o in sample["objects"]], [1] * 4, ["object_1"] * 4)
+    metrics, _ = score(samples, {"a": pred}, task="visual_prompting")
+    assert metrics["f1@0.5"] == 1.0 and metrics["vp/count_mae"] == 0.0
+
+
+def test_lvis_annotations_give_lvis_metrics(tmp_path):
+    lvis = {"images": [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 100, "neg_category_ids": [2],
+                        "not_exhaustive_category_ids": []},
+                       {"id": 2, "file_name": "b.jpg", "width": 100, "height": 100, "neg_category_ids": [],
+                        "not_exhaustive_category_ids": []}],
+            "categories": [{"id": 1, "name": "aerosol_can", "frequency": "r"},
+                           {"id": 2, "name": "dog", "frequency": "f"}, {"id": 3, "name": "cat", "frequency": "c"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 100},
+                            {"id": 2, "image_id": 2, "category_id": 2, "bbox": [0, 0, 20, 20], "area": 400},
+                            {"id": 3, "image_id": 2, "category_id": 3, "bbox": [50, 50, 20, 20], "area": 400}]}
+    (tmp_path / "lvis.json").write_text(json.dumps(lvis))
+    results = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.9},
+               {"image_id": 1, "category_id": 2, "bbox": [50, 50, 10, 10], "score": 0.9},  # dog verified absent: FP
+               {"image_id": 1, "category_id": 3, "bbox": [50, 50, 10, 10], "score": 0.95},  # cat unverified: ignored
+               {"image_id": 2, "category_id": 2, "bbox": [0, 0, 20, 20], "score": 0.5},
+               {"image_id": 2, "category_id": 3, "bbox": [50, 50, 20, 20], "score": 0.5}]
+    (tmp_path / "res.json").write_text(json.dumps(results))
+    metrics, _ = score_files(tmp_path / "res.json", tmp_path / "lvis.json", metrics=["coco"])
+    assert metrics["lvis/APr"] == pytest.approx(1.0)  # "aerosol can", matched across the underscore
+    assert metrics["lvis/APf"] == pytest.approx(0.5)  # the dog's false positive ranks first
+    assert metrics["lvis/APc"] == pytest.approx(1.0)  # the cat on an unverified image is not held against it
