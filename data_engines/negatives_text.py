@@ -135,12 +135,19 @@ class RuleFoiler:
         for names in lexicon.get("synonyms", []):
             for name in names:
                 same.setdefault(name, set()).update(names)
+        self.synonyms = same
         self.categories: dict[str, list[str]] = {}
         for group in lexicon["similar_categories"].values():
             for name in group:
                 self.categories.setdefault(name, [])
                 self.categories[name] += [o for o in group if o not in same.get(name, {name}) and o != name
                                           and o not in self.categories[name]]
+        # A synonym without a group of its own borrows the foils of the names it means.
+        for name, names in same.items():
+            if not self.categories.get(name):
+                borrowed = [o for other in sorted(names) for o in self.categories.get(other, []) if o not in names]
+                if borrowed:
+                    self.categories[name] = list(dict.fromkeys(borrowed))
         self.table = table
         self.max_span = max(len(k) for k in list(table) + [tuple(c.split()) for c in self.categories])
         self.count_words = {w for w, _ in lexicon["counts"].items()}
@@ -149,7 +156,8 @@ class RuleFoiler:
 
     def similar(self, category: str) -> list[str]:
         """Visually similar but different categories for ``category`` (its head noun as a fallback)."""
-        name = " ".join(_words(category.replace("_", " ")))
+        # LVIS names: "cap_(headwear)" -> "cap"
+        name = " ".join(_words(re.sub(r"\(.*?\)", " ", category.replace("_", " "))))
         if name in self.categories:
             return list(self.categories[name])
         words = name.split()

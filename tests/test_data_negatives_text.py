@@ -40,6 +40,24 @@ def test_every_coco_name_has_similar_category_foils(foiler):
         assert similar and name not in similar, name
 
 
+# A spread of LVIS v1 names as the LVIS annotation file spells them.
+LVIS_NAMES = ("aerosol_can air_conditioner alarm_clock apron armchair baby_buggy bagel bat_(animal) beanie beer_bottle "
+              "bell_pepper bow-tie bulldozer bus_(vehicle) cab_(taxi) cap_(headwear) car_(automobile) "
+              "cellular_telephone "
+              "chopping_board crab_(animal) cub_(animal) deck_chair domestic_ass doughnut drum_(musical_instrument) "
+              "egg_yolk fig_(fruit) flip-flop_(sandal) glass_(drink_container) hair_dryer ice_skate "
+              "iron_(for_clothing) "
+              "kiwi_fruit laptop_computer legging_(clothing) mailbox_(at_home) monitor_(computer_equipment) "
+              "mouse_(computer_equipment) orange_(fruit) pan_(for_cooking) pitcher_(vessel_for_liquid) polar_bear "
+              "saddle_(on_an_animal) salmon_(fish) sandal_(type_of_shoe) speaker_(stereo_equipment) statue_(sculpture) "
+              "television_set tractor_(farm_equipment) train_(railroad_vehicle) turkey_(food) wineglass yacht").split()
+
+
+def test_lvis_names_have_similar_category_foils(foiler):
+    for name in LVIS_NAMES:
+        assert foiler.similar(name), name
+
+
 def test_synonyms_are_never_foils(foiler):
     lexicon = load_lexicon()
     for names in lexicon["synonyms"]:
