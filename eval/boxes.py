@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 MATCH_METHODS = ("hungarian", "greedy", "coco")
 
@@ -127,6 +126,8 @@ def _hungarian(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarra
     sub_valid = valid[np.ix_(r_keep, c_keep)]
     # Each valid pair weighs `bonus + iou` with bonus > the largest possible IoU total, so the optimum
     # has the most pairs first and the highest IoU second.
+    from scipy.optimize import linear_sum_assignment  # here: scipy.optimize takes a second to import
+
     bonus = min(sub_valid.shape) + 1.0
     weight = np.where(sub_valid, bonus + iou[np.ix_(r_keep, c_keep)], 0.0)
     rows, cols = linear_sum_assignment(weight, maximize=True)

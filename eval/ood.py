@@ -7,7 +7,6 @@ detector: the confidence it gives a description that is in the image vs one that
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
 
 
 def _scores(values, name: str) -> np.ndarray:
@@ -30,6 +29,8 @@ def fpr_at_tpr(id_scores, ood_scores, tpr: float = 0.95) -> float:
 def auroc(id_scores, ood_scores) -> float:
     """Probability that a random ID item outscores a random OOD item (ties count one half)."""
     id_scores, ood_scores = _scores(id_scores, "id_scores"), _scores(ood_scores, "ood_scores")
+    from scipy.stats import rankdata  # here: scipy.stats is slow to import
+
     ranks = rankdata(np.concatenate([id_scores, ood_scores]))  # average ranks: ties share
     n_id, n_ood = len(id_scores), len(ood_scores)
     return float((ranks[:n_id].sum() - n_id * (n_id + 1) / 2) / (n_id * n_ood))
