@@ -103,8 +103,11 @@ def read_dataset(path: str | os.PathLike, format: str | None = None, image_root:
         image_root = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     report = ReadReport(format, path)
     validator = _Validator(image_root, check_images, report)
+    from tqdm import tqdm
+
     samples = []
-    for candidate in READERS[format](path, report, **options):
+    candidates = READERS[format](path, report, **options)
+    for candidate in tqdm(candidates, desc=f"read {os.path.basename(path)}", unit="image", disable=None, leave=False):
         sample = validator(candidate)
         if sample is not None:
             sample.setdefault("source", format)
@@ -359,9 +362,7 @@ def _read_coco(path: str, report: ReadReport, masks: bool = True, keep_crowd: bo
     by_image = defaultdict(list)
     for ann in data.get("annotations", []):
         by_image[ann.get("image_id")].append(ann)
-    from tqdm import tqdm
-
-    for image in tqdm(data.get("images", []), desc=f"read {os.path.basename(path)}", disable=None, leave=False):
+    for image in data.get("images", []):
         file_name = image.get("file_name")
         if not file_name and image.get("coco_url"):
             # LVIS lists COCO images by URL: .../train2017/000000391895.jpg -> train2017/000000391895.jpg
