@@ -39,6 +39,13 @@ _LAZY = {
 }
 
 
+# `transformers.pipeline("rex-omni", ...)` and AutoProcessor find our classes once transformers
+# loads the modules concerned, without `import rexomni` importing transformers (see _hooks).
+from ._hooks import install as _install_hooks  # noqa: E402
+
+_install_hooks()
+
+
 def __getattr__(name):
     if name in _LAZY:
         import importlib

@@ -538,7 +538,7 @@ def _pick(value, i: int, n: int, depth, boxes: bool = False):
         return value
     depths = depth if isinstance(depth, tuple) else (depth,)
     value = list(value)
-    if n > 1 and len(value) == n and all(isinstance(v, dict) or _nesting(v) in depths for v in value):
+    if len(value) == n and all(isinstance(v, dict) or _nesting(v) in depths for v in value):
         return value[i]
     if n > 1 and boxes and value:
         raise ValueError("boxes for a batch must be given per image: a list with one entry per image")

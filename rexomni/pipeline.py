@@ -1,0 +1,110 @@
+"""A transformers pipeline for rexomni, registered under the task name ``rex-omni``.
+
+    import rexomni, transformers
+    detector = transformers.pipeline("rex-omni", model="path/to/checkpoint")
+    detector("photo.jpg", candidate_labels=["dog", "cat"])
+    # [{"score": 0.93, "label": "dog", "box": {"xmin": ..., "ymin": ..., "xmax": ..., "ymax": ...}}, ...]
+
+It answers the ``zero-shot-object-detection`` call shape (``candidate_labels``, ``threshold``,
+``top_k``; a list of images or of ``{"image", "candidate_labels"}`` dicts gives a list of lists)
+and runs the batch through :class:`rexomni.api.RexOmni`, so prompts, scores, constrained decoding
+and the checkpoint's settings are the same as with the API. Extra keywords (``negatives``,
+``max_new_tokens``, ``task``, ...) go to :meth:`RexOmni.predict`.
+
+Registration needs ``transformers.pipelines`` (and so torch) imported; ``import rexomni`` stays
+light by registering when transformers' pipelines module is first imported (see
+:mod:`rexomni._hooks`), or at once if it already is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import Pipeline, Qwen2_5_VLForConditionalGeneration
+from transformers.pipelines import PIPELINE_REGISTRY
+
+from .api import RexOmni, resolve_settings
+
+TASK_NAME = "rex-omni"
+_CALL_KEYS = ("threshold", "top_k")
+
+
+class RexOmniPipeline(Pipeline):
+    """Detection by next-point prediction behind the pipeline interface."""
+
+    _load_processor = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_video_processor = False
+    _load_tokenizer = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.detector = _detector_for(self.model, self.tokenizer)
+
+    def _sanitize_parameters(self, **kwargs):
+        postprocess = {k: kwargs.pop(k) for k in _CALL_KEYS if k in kwargs}
+        return {}, kwargs, postprocess
+
+    def __call__(self, inputs, candidate_labels=None, **kwargs) -> list[dict[str, Any]] | list[list[dict[str, Any]]]:
+        """``inputs``: an image, a ``{"image", "candidate_labels"}`` dict, or a list of either."""
+        single = not isinstance(inputs, (list, tuple))
+        entries = [inputs] if single else list(inputs)
+        images, labels = [], []
+        for entry in entries:
+            if isinstance(entry, dict):
+                images.append(entry["image"])
+                labels.append(_as_list(entry.get("candidate_labels", candidate_labels)))
+            else:
+                images.append(entry)
+                labels.append(_as_list(candidate_labels))
+        _, forward, post = self._sanitize_parameters(**kwargs)
+        outputs = [self.postprocess(r, **post) for r in self._forward({"images": images, "labels": labels}, **forward)]
+        return outputs[0] if single else outputs
+
+    def preprocess(self, inputs, **kwargs):
+        return inputs
+
+    def _forward(self, model_inputs, task: str = "detection", **kwargs):
+        labels = model_inputs["labels"]
+        if any(not x for x in labels) and task in ("detection", "detect", "pointing", "point"):
+            raise ValueError("rex-omni pipeline: give candidate_labels (the categories to detect)")
+        return self.detector.predict(list(model_inputs["images"]), task=task, categories=labels, **kwargs)
+
+    def postprocess(self, result, threshold: float = 0.0, top_k: int | None = None):
+        detections = [d for d in result.to_pipeline() if not d["score"] < threshold]
+        detections.sort(key=lambda d: -d["score"] if d["score"] == d["score"] else 0.0)
+        return detections[:top_k] if top_k is not None else detections
+
+
+def _as_list(labels) -> list[str]:
+    if labels is None:
+        return []
+    if isinstance(labels, str):
+        return [s.strip() for s in labels.split(",") if s.strip()]
+    return list(labels)
+
+
+def _detector_for(model, tokenizer) -> RexOmni:
+    """A RexOmni around the pipeline's model, with the checkpoint's own settings."""
+    from .api import _load_processor
+    from .tokens import grow_embeddings, prepare_tokenizer
+
+    path = getattr(model, "name_or_path", None) or model.config._name_or_path
+    tokenizer.padding_side = "left"
+    settings, kind = resolve_settings(path, tokenizer)
+    token_ids = prepare_tokenizer(tokenizer, num_bins=settings.num_bins)
+    if kind == "base" or token_ids.added:
+        grow_embeddings(model, tokenizer, token_ids)
+    model.eval()
+    return RexOmni(model, _load_processor(path, tokenizer, settings), settings, device=str(model.device), name=path)
+
+
+def register_pipeline() -> None:
+    """Register ``rex-omni`` with transformers (idempotent)."""
+    if TASK_NAME not in PIPELINE_REGISTRY.supported_tasks:
+        PIPELINE_REGISTRY.register_pipeline(TASK_NAME, pipeline_class=RexOmniPipeline,
+                                            pt_model=Qwen2_5_VLForConditionalGeneration, type="multimodal")
+
+
+register_pipeline()
