@@ -1,0 +1,108 @@
+"""SFT losses: next-token cross-entropy on the labelled tokens, an optional soft-label loss on
+coordinate tokens, and a hook for extra sequence-level losses.
+
+Soft labels: a coordinate one bin off is nearly right, which plain cross-entropy does not know. With
+``sigma > 0`` the target at a coordinate position becomes a Gaussian over the neighbouring bins
+(sigma in bins), mixed with the one-hot target by ``weight``. It is OFF by default: on this
+project's from-scratch runs sigma 5 hurt (../shared/PLATFORM.md) and nothing has yet shown it helps.
+
+Extra losses (the negative-prompt hinge loss plugs in here) are callables
+``fn(model=, inputs=, outputs=, labels=) -> Tensor | (Tensor, dict of floats to log)``, named in
+the config as ``"package.module:function"``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .data import IGNORE_INDEX
+
+ExtraLoss = Callable[..., "torch.Tensor | tuple[torch.Tensor, dict]"]
+
+
+def coordinate_bin_lookup(vocab_size: int, coord_ids: list[int]) -> torch.Tensor:
+    """(vocab_size,) long: the bin of each coordinate token id, -1 elsewhere."""
+    lookup = torch.full((vocab_size,), -1, dtype=torch.long)
+    lookup[torch.as_tensor(coord_ids)] = torch.arange(len(coord_ids))
+    return lookup
+
+
+def gaussian_bin_targets(bins: torch.Tensor, num_bins: int, sigma: float) -> torch.Tensor:
+    """(N, num_bins) rows summing to 1: a Gaussian over bins centred at each of ``bins``."""
+    grid = torch.arange(num_bins, device=bins.device, dtype=torch.float32)
+    weights = torch.exp(-0.5 * ((grid[None, :] - bins[:, None].float()) / sigma) ** 2)
+    return weights / weights.sum(-1, keepdim=True)
+
+
+class CausalLMLoss:
+    """Shifted next-token loss over ``labels != -100``, summed and divided by ``num_items``.
+
+    ``num_items`` is the number of labelled tokens in the whole (accumulated, all-process) batch,
+    which transformers' Trainer passes; without it the loss is the mean over this batch.
+    """
+
+    def __init__(self, coord_ids: list[int] | None = None, soft_label_sigma: float = 0.0,
+                 soft_label_weight: float = 1.0):
+        if soft_label_sigma > 0 and not coord_ids:
+            raise ValueError("soft labels need the coordinate token ids")
+        self.coord_ids = list(coord_ids or [])
+        self.sigma, self.weight = float(soft_label_sigma), float(soft_label_weight)
+        self._lookup: torch.Tensor | None = None
+
+    @property
+    def soft(self) -> bool:
+        return self.sigma > 0 and self.weight > 0
+
+    def per_token(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(losses of the labelled positions (N,), their target ids (N,)); logits are (B, T, V)."""
+        logits, labels = logits[:, :-1], labels[:, 1:]
+        mask = labels != IGNORE_INDEX
+        targets = labels[mask]
+        logprobs = F.log_softmax(logits[mask].float(), dim=-1)
+        losses = -logprobs.gather(1, targets[:, None])[:, 0]
+        if self.soft:
+            losses = self._mix_soft(losses, logprobs, targets)
+        return losses, targets
+
+    def _mix_soft(self, losses: torch.Tensor, logprobs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        vocab = logprobs.shape[-1]
+        if self._lookup is None or self._lookup.numel() != vocab or self._lookup.device != targets.device:
+            self._lookup = coordinate_bin_lookup(vocab, self.coord_ids).to(targets.device)
+        bins = self._lookup[targets.clamp(0, vocab - 1)]
+        at_coord = bins >= 0
+        if not at_coord.any():
+            return losses
+        soft_targets = gaussian_bin_targets(bins[at_coord], len(self.coord_ids), self.sigma)
+        coord_ids = torch.as_tensor(self.coord_ids, device=targets.device)
+        soft = -(soft_targets * logprobs[at_coord][:, coord_ids]).sum(-1)
+        mixed = losses.clone()
+        mixed[at_coord] = (1 - self.weight) * losses[at_coord] + self.weight * soft
+        return mixed
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, num_items: int | torch.Tensor | None = None):
+        losses, _ = self.per_token(logits, labels)
+        if num_items is None:
+            return losses.mean() if losses.numel() else logits.sum() * 0.0
+        if isinstance(num_items, torch.Tensor):
+            num_items = num_items.to(losses.device)
+        return losses.sum() / num_items
+
+
+def load_extra_loss(spec: str | None) -> ExtraLoss | None:
+    """``"package.module:function"`` -> the function (None -> None), with a clear error if absent."""
+    if not spec:
+        return None
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"extra_loss must look like 'package.module:function', got {spec!r}")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"extra_loss {spec!r} cannot be imported: {e}") from None
+    if not callable(fn):
+        raise ValueError(f"extra_loss {spec!r} is not callable")
+    return fn

@@ -1,0 +1,376 @@
+"""The SFT training entry: transformers' Trainer with the project's data, losses and model set-up.
+
+Why transformers' ``Trainer`` and not TRL's ``SFTTrainer`` (docs/training.md has the long form):
+the parts SFTTrainer adds (dataset formatting by the processor, packing, completion-only masks,
+its own VLM collator) are exactly the parts this project replaces: examples come tokenized and
+masked from :mod:`rexomni.sft.data` by a hand-built pipeline (faster than the per-sample processor
+call SFTTrainer makes), the loss is our own (coordinate soft labels, extra-loss hook), and the
+optimizer has per-part learning rates. What remains is the Trainer: DeepSpeed, DDP, checkpoints,
+exact resume, logging, and that is what is used.
+
+    from rexomni.sft.config import load_config
+    from rexomni.sft.trainer import run_sft
+    run_sft(load_config("sft/configs/tiny.yaml", ["--max_steps", "20"]))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from rexomni.modeling import save_checkpoint
+
+from .config import SFTConfig
+from .data import ExampleEncoder, MixtureDataset, SFTCollator
+from .heldout import evaluate_heldout
+from .losses import CausalLMLoss, load_extra_loss
+from .model_setup import (
+    ModelBundle,
+    count_by_part,
+    load_model,
+    parameter_groups,
+    prepare_model,
+    resolve_bf16,
+)
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+class RexOmniSFTTrainer(Trainer):
+    """``Trainer`` with the project's loss, per-part learning rates, tokens/s logging, an extra-loss
+    hook and checkpoints that ``RexOmni.from_pretrained`` loads (rexomni settings saved alongside)."""
+
+    def __init__(self, *args, bundle: ModelBundle, sft_config: SFTConfig, **kwargs):
+        self.bundle, self.sft_config = bundle, sft_config
+        self.lm_loss = CausalLMLoss(bundle.coord_ids, sft_config.soft_label_sigma, sft_config.soft_label_weight)
+        self.extra_loss = load_extra_loss(sft_config.extra_loss)
+        super().__init__(*args, compute_loss_func=self.lm_loss_from_outputs, **kwargs)
+        self._tokens, self._last_log_time, self._extra_logs = 0, None, {}
+
+    def lm_loss_from_outputs(self, outputs, labels, num_items_in_batch=None):
+        return self.lm_loss(outputs.logits, labels, num_items_in_batch)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            self._tokens += int(inputs["attention_mask"].sum())
+        labels = inputs["labels"]
+        if self.extra_loss is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        extra = self.extra_loss(model=model, inputs=inputs, outputs=outputs, labels=labels)
+        if isinstance(extra, tuple):
+            extra, self._extra_logs = extra
+        # The main loss is already normalised over the accumulated batch; the extra term is a
+        # per-batch mean, so it is divided by the accumulation steps here.
+        loss = loss + extra / self.current_gradient_accumulation_steps
+        return (loss, outputs) if return_outputs else loss
+
+    def create_optimizer(self, model=None):
+        """AdamW (torch) over one group per part: DeepSpeed then wraps it instead of compiling its own."""
+        if self.optimizer is None:
+            groups = parameter_groups(self.model, self.sft_config)
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+            optimizer_kwargs.pop("lr", None)
+            self.optimizer = optimizer_cls(groups, lr=self.args.learning_rate, **optimizer_kwargs)
+        return self.optimizer
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            now = time.perf_counter()
+            if self._last_log_time is not None and now > self._last_log_time:
+                logs["tokens_per_s"] = round(self._tokens / (now - self._last_log_time), 1)
+            self._tokens, self._last_log_time = 0, now
+            logs.update({k: float(v) for k, v in self._extra_logs.items()})
+        super().log(logs, start_time)
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        super()._save(output_dir, state_dict)
+        output_dir = output_dir or self.args.output_dir
+        if self.args.should_save:
+            self.bundle.settings.save(output_dir)
+
+
+class HeldOutCallback(TrainerCallback):
+    """Every ``eval_steps`` (and at the end): generate on held-out examples, parse, score, log."""
+
+    def __init__(self, trainer: RexOmniSFTTrainer, encoder: ExampleEncoder, examples: list[dict]):
+        self.trainer, self.encoder, self.examples = trainer, encoder, examples
+        self.history: list[dict] = []
+
+    def _run(self, state) -> None:
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        config = self.trainer.sft_config
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        metrics = evaluate_heldout(model, self.encoder, self.examples, self.trainer.bundle.settings.coord_codec,
+                                   config.eval_batch_size, config.eval_max_new_tokens,
+                                   synced_gpus=is_deepspeed_zero3_enabled())
+        if metrics:
+            metrics = {f"heldout/{k}": v for k, v in metrics.items()}
+            self.history.append({"step": state.global_step, **metrics})
+            self.trainer.log(metrics)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        steps = self.trainer.sft_config.eval_steps
+        if steps and state.global_step % steps == 0 and state.global_step < state.max_steps:
+            self._run(state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._run(state)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def build_mixture(config: SFTConfig):
+    from rexomni.data_engines.mixture import Mixture
+
+    if isinstance(config.data, dict):
+        return Mixture(config.data)
+    if not os.path.isfile(str(config.data)):
+        raise ValueError(f"data: mixture spec {config.data!r} not found")
+    return Mixture.from_yaml(config.data)
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def global_batch(config: SFTConfig) -> int:
+    return config.per_device_train_batch_size * config.gradient_accumulation_steps * world_size()
+
+
+def build_datasets(config: SFTConfig, encoder: ExampleEncoder | None) -> tuple[MixtureDataset, list[dict]]:
+    """(training dataset, held-out examples). Training draws are seeded by the mixture's seed and
+    the run's ``seed``; held-out draws by the mixture's seed only, so every run scores the same set."""
+    mixture = build_mixture(config)
+    length = config.train_examples or config.max_steps * global_batch(config)
+    train = MixtureDataset(mixture, length, encoder, seed=f"train:{mixture.seed}:{config.seed}",
+                           cache=config.cache_examples)
+    heldout_set = MixtureDataset(mixture, max(config.eval_examples, 1), None, seed=f"heldout:{mixture.seed}")
+    heldout = [heldout_set.example(i) for i in range(config.eval_examples)]
+    return train, heldout
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def _disable_deepspeed_cpu_shm() -> None:
+    """On a CPU-only machine, let DeepSpeed use plain gloo collectives instead of compiling its
+    shared-memory op (about 35 s at the first run): the op only speeds up CPU all-reduce."""
+    if torch.cuda.is_available():
+        return
+    import deepspeed.ops
+
+    compatible = dict(deepspeed.ops.__compatible_ops__) if "__compatible_ops__" in vars(deepspeed.ops) else {}
+    compatible["deepspeed_shm_comm"] = False
+    vars(deepspeed.ops)["__compatible_ops__"] = _AllFalse(compatible)
+
+
+class _AllFalse(dict):
+    """A compatibility table that answers False for every op it was not told about (no probing)."""
+
+    def get(self, key, default=None):
+        return super().get(key, False)
+
+
+def _cpu_backend() -> str | None:
+    """gloo for a launched (torchrun / deepspeed) run on a machine without CUDA, else None."""
+    launched = int(os.environ.get("LOCAL_RANK", "-1")) != -1
+    return "gloo" if launched and not torch.cuda.is_available() else None
+
+
+def training_arguments(config: SFTConfig) -> TrainingArguments:
+    """TrainingArguments from the config. On a machine without CUDA the distributed backend is
+    named (gloo): otherwise accelerate, given DeepSpeed and several processes but no backend,
+    records a single process (the failure ../shared/PLATFORM.md describes)."""
+    if config.deepspeed:
+        _disable_deepspeed_cpu_shm()
+    return TrainingArguments(
+        output_dir=config.output_dir,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler_type,
+        warmup_steps=config.warmup_ratio if config.warmup_ratio < 1 else int(config.warmup_ratio),
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=resolve_bf16(config),
+        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        deepspeed=config.deepspeed,
+        ddp_backend=_cpu_backend(),
+        dataloader_num_workers=config.dataloader_num_workers,
+        remove_unused_columns=False,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        report_to=config.report_to,
+        disable_tqdm=not config.progress,
+        optim="adamw_torch",
+    )
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest ``checkpoint-N`` whose trainer state was written (the Trainer writes it last), so a
+    folder half-written when the run was killed is never resumed from."""
+    if not os.path.isdir(output_dir):
+        return None
+    found = []
+    for name in os.listdir(output_dir):
+        path = os.path.join(output_dir, name)
+        if name.startswith("checkpoint-") and name[11:].isdigit() and os.path.isdir(path):
+            try:
+                with open(os.path.join(path, "trainer_state.json")) as f:
+                    json.load(f)
+            except (OSError, ValueError):
+                continue
+            found.append((int(name[11:]), path))
+    return max(found)[1] if found else None
+
+
+def resume_point(config: SFTConfig) -> str | None:
+    value = config.resume_from_checkpoint
+    if value in (None, False, "false", "no"):
+        return None
+    if value in (True, "true", "auto", "last"):
+        checkpoint = last_complete_checkpoint(config.output_dir)
+        if checkpoint is None:
+            logger.info("resume: no complete checkpoint in %s; starting from the beginning", config.output_dir)
+        return checkpoint
+    if not os.path.isdir(str(value)):
+        raise ValueError(f"resume_from_checkpoint: {value!r} is not a folder")
+    return str(value)
+
+
+def save_final(trainer: RexOmniSFTTrainer, config: SFTConfig) -> str:
+    """The final model in ``output_dir``, loadable by ``RexOmni.from_pretrained``. A LoRA run also
+    keeps its adapter in ``output_dir/adapter`` and writes the merged weights to ``output_dir``."""
+    bundle = trainer.bundle
+    if not config.uses_lora:
+        trainer.save_model(config.output_dir)
+        return config.output_dir
+    trainer.save_model(os.path.join(config.output_dir, "adapter"))
+    if trainer.is_world_process_zero():
+        peft_model = trainer.accelerator.unwrap_model(trainer.model)
+        merged = peft_model.merge_and_unload()
+        save_checkpoint(config.output_dir, merged, bundle.processor, bundle.settings)
+    return config.output_dir
+
+
+# --------------------------------------------------------------------------- entry
+
+
+def run_sft(config: SFTConfig) -> dict[str, Any]:
+    """Train as ``config`` says; returns the final train metrics and the held-out history."""
+    args = training_arguments(config)  # first: ZeRO-3 must be configured before the model is built
+    bundle = load_model(config)
+    model = prepare_model(bundle, config)
+    encoder = ExampleEncoder(bundle.processor, config.system_prompt, config.max_length)
+    train_set, heldout = build_datasets(config, encoder)
+    collator = SFTCollator(encoder.pad_id, encoder.image_token_id)
+    trainer = RexOmniSFTTrainer(model=model, args=args, train_dataset=train_set, data_collator=collator,
+                                processing_class=bundle.processor, bundle=bundle, sft_config=config)
+    callback = HeldOutCallback(trainer, encoder, heldout)
+    if config.eval_examples:
+        trainer.add_callback(callback)
+    if trainer.is_world_process_zero():
+        logger.info("trainable parameters by part (total, trainable): %s", count_by_part(model))
+    result = trainer.train(resume_from_checkpoint=resume_point(config))
+    save_final(trainer, config)
+    if train_set.skipped_images:
+        logger.warning("skipped unreadable images: %s", dict(train_set.skipped_images))
+    return {"train": result.metrics, "heldout": callback.history, "output_dir": config.output_dir,
+            "global_step": trainer.state.global_step}
+
+
+# --------------------------------------------------------------------------- dry run
+
+
+def plan(config: SFTConfig) -> str:
+    """What a run would do, without training: sizes, batches, tokens, freezing, parameter counts
+    (the model is built on the meta device; no weight is loaded)."""
+    from .model_setup import apply_freezing, apply_lora, fake_new_token_ids, meta_model
+
+    model, settings, origin = meta_model(config)
+    apply_freezing(model, config)
+    lora_note = ""
+    if config.uses_lora:
+        try:
+            model = apply_lora(model, config, fake_new_token_ids(model))
+        except Exception as e:  # PEFT on meta tensors: report rather than fail the plan
+            lora_note = f" (LoRA not simulated: {e})"
+    counts = count_by_part(model)
+    total = sum(c[0] for c in counts.values())
+    trainable = sum(c[1] for c in counts.values())
+    ws, gb = world_size(), global_batch(config)
+    lines = [
+        f"model          {config.model_name_or_path or 'random ' + str(config.preset)}  [shape: {origin}]",
+        f"world size     {ws}  (WORLD_SIZE; launchers set it)",
+        f"batch          {config.per_device_train_batch_size} per device x {config.gradient_accumulation_steps} "
+        f"accumulation x {ws} processes = {gb} global",
+        f"steps          {config.max_steps}  ({config.max_steps * gb} examples)",
+        f"tokens/step    {_tokens_per_step(config, settings, gb)}",
+        f"learning rate  llm {config.learning_rate:g}, merger {config.merger_learning_rate}, vision "
+        f"{config.vision_learning_rate}; {config.lr_scheduler_type}, warm-up {config.warmup_ratio:g}",
+        f"precision      bf16={resolve_bf16(config)}  gradient checkpointing={config.gradient_checkpointing}",
+        f"deepspeed      {config.deepspeed or 'off'}{_zero_stage(config.deepspeed)}",
+        "losses         cross-entropy" + (f" + soft labels (sigma {config.soft_label_sigma:g} bins, weight "
+                                           f"{config.soft_label_weight:g})" if config.soft_label_sigma else "")
+        + (f" + {config.extra_loss}" if config.extra_loss else ""),
+        f"lora           {f'r={config.lora_r} alpha={config.lora_alpha}' if config.uses_lora else 'off'}"
+        + lora_note,
+        "parameters     part      total          trainable   frozen",
+    ]
+    for part, (n, t) in counts.items():
+        frozen = "yes" if n and not t else "partly" if t < n else "no"
+        lines.append(f"               {part:<8}{n:>14,} {t:>14,}   {frozen}")
+    lines.append(f"               {'all':<8}{total:>14,} {trainable:>14,}")
+    lines.append(f"output         {config.output_dir}")
+    return "\n".join(lines)
+
+
+def _zero_stage(path: str | None) -> str:
+    if not path:
+        return ""
+    try:
+        with open(path) as f:
+            stage = json.load(f).get("zero_optimization", {}).get("stage")
+        return f" (ZeRO-{stage})"
+    except (OSError, ValueError) as e:
+        return f" (unreadable: {e})"
+
+
+def _tokens_per_step(config: SFTConfig, settings, batch: int) -> str:
+    """Mean encoded length of a few examples x global batch, or why it cannot be estimated."""
+    from rexomni.processing import make_processor
+    from rexomni.testing import build_test_tokenizer
+
+    try:
+        mixture = build_mixture(config)
+        tokenizer = build_test_tokenizer()  # a stand-in: image tokens dominate the count
+        encoder = ExampleEncoder(make_processor(tokenizer, settings.min_pixels, settings.max_pixels),
+                                 config.system_prompt, config.max_length)
+        sample = MixtureDataset(mixture, 8, encoder, seed="plan")
+        mean = sum(len(sample[i]["input_ids"]) for i in range(len(sample))) / len(sample)
+        return f"about {math.ceil(mean * batch):,} ({mean:.0f} per example, from 8 drawn examples)"
+    except Exception as e:  # the plan still prints when the data is not on this machine
+        return f"not estimated ({type(e).__name__}: {e})"
