@@ -19,8 +19,11 @@ EXTERNAL_COMMANDS = {
     "grpo": ("rexomni.grpo.cli", "reinforcement learning with geometry-aware rewards"),
 }
 
-# subcommand -> (module with main(argv), one-line help) for commands of the core package
-CORE_COMMANDS: dict[str, tuple[str, str]] = {}
+# subcommand -> ("module" with main(argv) or "module:function", one-line help) for the core's commands
+CORE_COMMANDS: dict[str, tuple[str, str]] = {
+    "detect": ("rexomni.commands:detect_main", "detect categories in images (JSON Lines out, optional drawings)"),
+    "model": ("rexomni.commands:model_main", "create checkpoints: `rexomni model init --preset tiny --out DIR`"),
+}
 
 
 def _usage() -> str:
@@ -47,8 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     if command not in commands:
         print(f"rexomni: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(commands[command][0])
-    return int(module.main(rest) or 0)
+    module_name, _, function = commands[command][0].partition(":")
+    entry = getattr(importlib.import_module(module_name), function or "main")
+    return int(entry(rest) or 0)
 
 
 def build_parser(prog: str, description: str) -> argparse.ArgumentParser:

@@ -190,3 +190,17 @@ def init_checkpoint(folder: str, preset: str = "tiny", tokenizer=None, seed: int
 
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def saved_parameter_count(folder: str) -> int:
+    """Parameters stored in a checkpoint folder's safetensors files (read from their headers)."""
+    import math
+
+    from safetensors import safe_open
+
+    total = 0
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".safetensors"):
+            with safe_open(os.path.join(folder, name), framework="numpy") as f:
+                total += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    return total

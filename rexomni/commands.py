@@ -1,0 +1,135 @@
+"""The core's subcommands: ``rexomni detect`` and ``rexomni model init``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from .cli import build_parser
+
+DEFAULT_MODEL = "IDEA-Research/Rex-Omni"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def _split(text: str | None) -> list[str]:
+    return [s.strip() for s in (text or "").split(",") if s.strip()]
+
+
+def expand_images(sources: list[str]) -> list[str]:
+    """Files and URLs as given; a directory gives its image files, sorted."""
+    out = []
+    for source in sources:
+        if os.path.isdir(source):
+            out += sorted(os.path.join(source, f) for f in os.listdir(source) if f.lower().endswith(IMAGE_SUFFIXES))
+        else:
+            out.append(source)
+    return out
+
+
+def detect_main(argv: list[str] | None = None) -> int:
+    parser = build_parser("detect", "Detect categories in images; write one JSON line per image.")
+    parser.add_argument("images", nargs="+", help="image files, directories or http(s) URLs")
+    parser.add_argument("--categories", required=True, help="comma-separated categories, e.g. person,dog")
+    parser.add_argument("--negatives", default=None, help="comma-separated phrases NOT to detect")
+    parser.add_argument("--task", default="detection", help="detection, pointing, ocr_box, ... (see docs/api.md)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder or hub id")
+    parser.add_argument("--out", default="-", help="results JSON Lines file ('-' for stdout)")
+    parser.add_argument("--draw", default=None, metavar="DIR", help="also write annotated images here")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--backend", default="transformers", choices=("transformers", "vllm"))
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--max-boxes", type=int, default=None)
+    parser.add_argument("--threshold", type=float, default=0.0, help="drop items scoring below this")
+    parser.add_argument("--no-constrained", action="store_true", help="let the model write freely")
+    args = parser.parse_args(argv)
+
+    from tqdm.auto import tqdm
+
+    from .api import RexOmni
+    from .images import ImageLoadError, load_image
+
+    categories = _split(args.categories)
+    if not categories:
+        parser.error("--categories needs at least one category")
+    images = expand_images(args.images)
+    if not images:
+        parser.error("no images found")
+    model = RexOmni.from_pretrained(args.model, device=args.device, backend=args.backend)
+    if args.draw:
+        os.makedirs(args.draw, exist_ok=True)
+    out = sys.stdout if args.out == "-" else open(args.out, "w")
+    done = skipped = 0
+    try:
+        progress = tqdm(total=len(images), desc="rexomni detect", unit="img", file=sys.stderr)
+        for start in range(0, len(images), args.batch_size):
+            batch, loaded = images[start:start + args.batch_size], []
+            for path in batch:
+                try:
+                    loaded.append((path, load_image(path)))
+                except ImageLoadError as e:
+                    skipped += 1
+                    print(f"rexomni detect: skipped: {e}", file=sys.stderr)
+            if loaded:
+                results = model.predict([img for _, img in loaded], task=args.task, categories=categories,
+                                        negatives=_split(args.negatives), constrained=not args.no_constrained,
+                                        max_boxes=args.max_boxes, max_new_tokens=args.max_new_tokens,
+                                        batch_size=args.batch_size)
+                for (path, img), result in zip(loaded, results):
+                    _keep_above(result, args.threshold)
+                    out.write(json.dumps({"image": path, **result.to_dict()}, ensure_ascii=False) + "\n")
+                    if args.draw:
+                        _save_drawing(img, result, path, args.draw)
+                    done += 1
+            progress.update(len(batch))
+        progress.close()
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(f"rexomni detect: {done} images done, {skipped} skipped", file=sys.stderr)
+    return 0 if done else 1
+
+
+def _keep_above(result, threshold: float) -> None:
+    """Drop items whose score is below ``threshold`` (items without a score are kept)."""
+    if threshold <= 0:
+        return
+    keep = ~(result.scores < threshold)
+    result.labels = [label for label, k in zip(result.labels, keep) if k]
+    result.scores = result.scores[keep]
+    if len(result.boxes) == len(keep):
+        result.boxes = result.boxes[keep]
+    if result.points is not None:
+        result.points = result.points[keep]
+    if result.polygons is not None:
+        result.polygons = [p for p, k in zip(result.polygons, keep) if k]
+    if result.keypoints is not None:
+        result.keypoints = [p for p, k in zip(result.keypoints, keep) if k]
+
+
+def _save_drawing(image, result, source: str, folder: str) -> None:
+    from .draw import draw_result
+
+    stem = os.path.splitext(os.path.basename(source.split("?")[0]))[0] or "image"
+    draw_result(image, result).save(os.path.join(folder, f"{stem}.png"))
+
+
+def model_main(argv: list[str] | None = None) -> int:
+    parser = build_parser("model", "Create model checkpoints.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    init = sub.add_parser("init", help="write a random-initialised checkpoint folder")
+    init.add_argument("--preset", choices=("tiny", "small"), default="tiny")
+    init.add_argument("--out", required=True, help="the folder to write")
+    init.add_argument("--tokenizer", default=None, help="a tokenizer folder (default: the offline test tokenizer)")
+    init.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    from .modeling import init_checkpoint, saved_parameter_count
+
+    if os.path.isdir(args.out) and os.listdir(args.out):
+        parser.error(f"--out {args.out!r} exists and is not empty")
+    folder = init_checkpoint(args.out, preset=args.preset, tokenizer=args.tokenizer, seed=args.seed)
+    params = saved_parameter_count(folder)
+    print(f"rexomni model init: wrote a random {args.preset} checkpoint ({params / 1e6:.1f}M parameters) to {folder}")
+    return 0

@@ -1,0 +1,90 @@
+"""`rexomni detect`, `rexomni model init` and the drawing helper."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rexomni.api import Result
+from rexomni.cli import main
+from rexomni.draw import draw_result, label_color
+
+
+def _write_images(folder, n=3):
+    rng = np.random.RandomState(0)
+    paths = []
+    for i in range(n):
+        path = os.path.join(folder, f"img{i}.png")
+        Image.fromarray(rng.randint(0, 255, (40 + 10 * i, 60, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_model_init_writes_a_loadable_checkpoint(tmp_path, capsys):
+    from rexomni.api import RexOmni
+
+    folder = str(tmp_path / "tiny")
+    assert main(["model", "init", "--preset", "tiny", "--out", folder]) == 0
+    assert "M parameters" in capsys.readouterr().out
+    model = RexOmni.from_pretrained(folder)
+    assert model.settings.coord_codec == "center"
+    result = model.detect(np.zeros((30, 30, 3), np.uint8), ["dog"], max_new_tokens=12)
+    assert result.problems == []
+    with pytest.raises(SystemExit):  # refuses to overwrite a non-empty folder
+        main(["model", "init", "--preset", "tiny", "--out", folder])
+
+
+def test_detect_writes_jsonl_drawings_and_skips_bad_images(tiny_checkpoint, tmp_path, capsys):
+    paths = _write_images(str(tmp_path))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    out = tmp_path / "results.jsonl"
+    draw_dir = tmp_path / "drawn"
+    code = main(["detect", *paths, str(broken), "--categories", "dog, cat", "--negatives", "statue",
+                 "--model", tiny_checkpoint, "--out", str(out), "--draw", str(draw_dir), "--batch-size", "2",
+                 "--max-new-tokens", "30"])
+    assert code == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["image"] for line in lines] == paths
+    for line in lines:
+        assert set(line["labels"]) <= {"dog", "cat"} and len(line["boxes"]) == len(line["labels"])
+        assert line["problems"] == []
+    assert sorted(os.listdir(draw_dir)) == ["img0.png", "img1.png", "img2.png"]
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "3 images done, 1 skipped" in err
+
+
+def test_detect_reads_a_directory_and_needs_categories(tiny_checkpoint, tmp_path):
+    _write_images(str(tmp_path), n=2)
+    out = tmp_path / "r.jsonl"
+    assert main(["detect", str(tmp_path), "--categories", "cup", "--model", tiny_checkpoint, "--out", str(out),
+                 "--max-new-tokens", "16"]) == 0
+    assert len(out.read_text().splitlines()) == 2
+    with pytest.raises(SystemExit):
+        main(["detect", str(tmp_path), "--categories", " , ", "--model", tiny_checkpoint])
+
+
+def test_draw_result_marks_boxes_points_polygons_and_skeletons():
+    image = np.zeros((100, 120, 3), np.uint8)
+    boxes = Result(task="detection", width=120, height=100, labels=["dog"], scores=np.array([0.9], np.float32),
+                   boxes=np.array([[10, 20, 60, 80]], np.float32))
+    drawn = np.asarray(draw_result(image, boxes))
+    color = label_color("dog")
+    assert tuple(drawn[50, 10]) == color  # left edge of the box
+    assert drawn[50, 35].sum() == 0  # inside stays untouched
+    points = Result(task="pointing", width=120, height=100, labels=["cat"], scores=np.array([0.5], np.float32),
+                    points=np.array([[90, 50]], np.float32))
+    assert tuple(np.asarray(draw_result(image, points))[50, 90]) == label_color("cat")
+    polygon = Result(task="ocr_polygon", width=120, height=100, labels=["OPEN"], scores=np.array([0.7], np.float32),
+                     boxes=np.array([[20, 20, 80, 60]], np.float32),
+                     polygons=[np.array([[20, 20], [80, 20], [80, 60], [20, 60]], np.float32)])
+    assert tuple(np.asarray(draw_result(image, polygon))[40, 80]) == label_color("OPEN")
+    joints = {"left shoulder": [30.0, 30.0], "left elbow": [30.0, 70.0], "nose": None}
+    person = Result(task="keypoint", width=120, height=100, labels=["person"], scores=np.array([0.8], np.float32),
+                    boxes=np.array([[5, 5, 110, 95]], np.float32), keypoints=[joints])
+    drawn = np.asarray(draw_result(image, person))
+    assert tuple(drawn[50, 30]) == label_color("person")  # the limb between shoulder and elbow
