@@ -35,8 +35,11 @@ def as_boxes(boxes, name: str = "boxes") -> np.ndarray:
 
 def box_area(boxes) -> np.ndarray:
     """Areas of ``(N, 4)`` xyxy boxes; inverted boxes have area 0."""
-    b = as_boxes(boxes)
-    return np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    return _area(as_boxes(boxes))
+
+
+def _area(b: np.ndarray) -> np.ndarray:
+    return np.maximum(b[:, 2] - b[:, 0], 0.0) * np.maximum(b[:, 3] - b[:, 1], 0.0)
 
 
 def box_iou(a, b) -> np.ndarray:
@@ -49,9 +52,9 @@ def box_iou(a, b) -> np.ndarray:
         return np.zeros((len(a), len(b)))
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
     rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0, None)
+    wh = np.maximum(rb - lt, 0.0)
     inter = wh[..., 0] * wh[..., 1]
-    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
+    union = _area(a)[:, None] + _area(b)[None, :] - inter
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(union > 0, inter / union, 0.0)
 
@@ -111,6 +114,29 @@ def match(pred, gt, iou_threshold: float = 0.5, method: str = "hungarian", *, sc
     else:
         raise ValueError(f"unknown matching method {method!r}; expected one of {MATCH_METHODS}")
     return Matching(rows, cols, iou[rows, cols], n, m)
+
+
+def count_matches(iou: np.ndarray, thresholds, method: str = "hungarian", scores=None) -> np.ndarray:
+    """Number of one-to-one pairs at each of ``thresholds`` (ascending) for one similarity matrix.
+
+    The same counts as ``match(..., iou=iou).tp`` threshold by threshold, faster: when no prediction
+    or ground truth has two candidates at the lowest threshold, every candidate pair is matched at
+    every threshold (by any method), and the counts are read off at once.
+    """
+    iou = np.asarray(iou, dtype=np.float64)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    out = np.zeros(len(thresholds), dtype=np.int64)
+    if iou.size == 0:
+        return out
+    valid = iou >= thresholds.min()
+    if valid.sum(0).max() <= 1 and valid.sum(1).max() <= 1:
+        return (iou[valid][None, :] >= thresholds[:, None]).sum(1)
+    best = iou.max()
+    for k, t in enumerate(thresholds):
+        if best < t:  # nothing left to pair at this threshold or above
+            break
+        out[k] = match(None, None, t, method, scores=scores, iou=iou).tp
+    return out
 
 
 def _hungarian(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:

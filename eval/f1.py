@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .boxes import box_iou, match
+from .boxes import box_iou, count_matches
 from .data import Prediction, gt_categories
 from .protocols import Protocol, get_protocol
 
@@ -129,23 +129,12 @@ def f1_score(samples: list[dict], predictions: Mapping[str, Prediction], view: G
             if pi and gi:
                 sim = view.similarity(_take(geometry, pi), [objects[j] for j in gi])
                 sub_scores = np.asarray(scores)[pi]
-                tp = _tp_at_thresholds(sim, thresholds, method, sub_scores)
+                tp = count_matches(sim, thresholds, method, sub_scores).astype(np.float64)
             rows.append((name, tp, len(pi), len(gi)))
         units.append(rows)
     if protocol.averaging(coco_style) == "category":
         return _category_average(units, protocol, thresholds)
     return _sample_average(units, thresholds)
-
-
-def _tp_at_thresholds(sim: np.ndarray, thresholds: np.ndarray, method: str, scores) -> np.ndarray:
-    """True positives at each threshold; once none is left, higher thresholds find none either."""
-    tp = np.zeros(len(thresholds))
-    best = sim.max()
-    for k, t in enumerate(thresholds):
-        if best < t:
-            break
-        tp[k] = match(None, None, t, method, scores=scores, iou=sim).tp
-    return tp
 
 
 def _take(geometry, index: list[int]):

@@ -4,7 +4,7 @@ import itertools
 
 import numpy as np
 import pytest
-from rexomni.eval.boxes import box_area, box_iou, match
+from rexomni.eval.boxes import box_area, box_iou, count_matches, match
 
 
 def test_box_iou_hand_computed():
@@ -96,3 +96,15 @@ def test_hungarian_is_optimal_on_random_cases():
         got = match(None, None, 0.3, "hungarian", iou=iou)
         assert (got.tp, round(float(got.iou.sum()), 9)) == _brute_force(iou, 0.3)
         assert len(set(got.pred.tolist())) == got.tp and len(set(got.gt.tolist())) == got.tp
+
+
+def test_count_matches_equals_match_at_every_threshold():
+    rng = np.random.default_rng(1)
+    thresholds = np.arange(10) * 0.05 + 0.5
+    for _ in range(200):
+        n, m = rng.integers(0, 6, size=2)
+        iou = rng.uniform(0, 1, (n, m)) * (rng.uniform(size=(n, m)) < 0.5)
+        scores = rng.uniform(size=n)
+        for method in ("hungarian", "greedy", "coco"):
+            expected = [match(None, None, t, method, scores=scores, iou=iou).tp for t in thresholds]
+            assert count_matches(iou, thresholds, method, scores).tolist() == expected
