@@ -81,7 +81,8 @@ class _Context:
         """1..MAX_PHRASES present phrases plus 0..MAX_ABSENT verified-absent ones, shuffled."""
         rng = self.rng
         asked = rng.sample(present, rng.randint(1, min(len(present), MAX_PHRASES))) if present else []
-        skip = set(present) | set(self.negative_phrases)
+        # Absent means absent: a phrase whose objects lack this task's geometry is not asked at all.
+        skip = {o["phrase"] for o in self.sample.get("objects", [])} | set(self.negative_phrases)
         absent = [c for c in self.sample.get("categories", []) if c not in skip]
         if absent:
             low = 0 if asked else 1

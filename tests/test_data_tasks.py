@@ -130,3 +130,13 @@ def test_inapplicable_and_unknown_tasks():
     empty = {"image": "x.png", "width": 10, "height": 10, "objects": []}
     with pytest.raises(TaskNotApplicable):
         build_example(empty, "grounding", 0)
+
+
+def test_a_phrase_without_boxes_is_never_answered_none():
+    sample = {"image": "x.png", "width": 100, "height": 100, "categories": ["cat", "dog", "bird"],
+              "objects": [{"phrase": "cat", "bbox": [1, 1, 20, 20]}, {"phrase": "dog", "point": [50, 50]}]}
+    for seed in range(20):
+        ex = build_example(sample, "grounding", seed)
+        assert "dog" not in ex["phrases"]
+        parsed = parse_output(ex["answer"], 100, 100)
+        assert parsed.phrases.get("cat", [None]) != []
