@@ -40,10 +40,10 @@ class TaskNotApplicable(ValueError):
 def build_example(sample: dict, task: str, rng: random.Random | int | None = None, codec: str = "center",
                   paraphrase: bool = True) -> dict:
     """Turn ``sample`` into one ``task`` example. ``paraphrase=False`` uses the released wording only."""
-    if task not in BUILDERS:
+    if task not in _BUILDERS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     rng = rng if isinstance(rng, random.Random) else random.Random(rng)
-    return BUILDERS[task](_Context(sample, rng, codec, paraphrase))
+    return _BUILDERS[task](_Context(sample, rng, codec, paraphrase))
 
 
 class _Context:
@@ -217,7 +217,7 @@ def _gui(ctx: _Context, task: str) -> dict:
     return ctx.example(task, ctx.prompt(task, [phrase]), answer, [phrase], targets)
 
 
-BUILDERS: dict[str, Callable[[_Context], dict]] = {
+_BUILDERS: dict[str, Callable[[_Context], dict]] = {
     "grounding": _grounding,
     "referring": _referring,
     "pointing": _pointing,
@@ -228,3 +228,17 @@ BUILDERS: dict[str, Callable[[_Context], dict]] = {
     "gui_grounding": lambda ctx: _gui(ctx, "gui_grounding"),
     "gui_pointing": lambda ctx: _gui(ctx, "gui_pointing"),
 }
+
+
+def _builder(task: str) -> Callable[..., dict]:
+    def build(sample: dict, rng: random.Random | int | None = None, codec: str = "center",
+              paraphrase: bool = True) -> dict:
+        return build_example(sample, task, rng, codec, paraphrase)
+
+    build.__name__ = f"build_{task}"
+    build.__doc__ = f"``build_example(sample, {task!r}, ...)``."
+    return build
+
+
+# task -> builder(sample, rng=None, codec="center", paraphrase=True) -> example
+BUILDERS: dict[str, Callable[..., dict]] = {task: _builder(task) for task in TASKS}

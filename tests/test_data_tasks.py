@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from rexomni.data_engines.masks import rle_encode
 from rexomni.data_engines.synth import generate_scene
-from rexomni.data_engines.tasks import TASKS, TaskNotApplicable, build_example, point_of
+from rexomni.data_engines.tasks import BUILDERS, TASKS, TaskNotApplicable, build_example, point_of
 
 from rexomni.codec import get_codec
 from rexomni.grammar import parse_output
@@ -33,7 +33,7 @@ def test_every_task_is_built_and_parses_cleanly():
 def test_same_seed_same_example():
     _, sample = generate_scene(3, 224)
     a = build_example(sample, "grounding", random.Random(5))
-    assert a == build_example(sample, "grounding", 5)
+    assert a == build_example(sample, "grounding", 5) == BUILDERS["grounding"](sample, 5)
     assert any(build_example(sample, "grounding", s)["prompt"] != a["prompt"] for s in range(6, 12))
 
 
