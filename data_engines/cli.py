@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--image-root", default=None, help="folder the image paths are relative to")
     convert.add_argument("--no-check-images", action="store_true", help="trust the annotation, do not open images")
     convert.add_argument("--split", default=None, help="refcoco: keep only this split")
+    convert.add_argument("--label-map", default=None, help="odvg: JSON file mapping label ids to names")
 
     mix = sub.add_parser("mix", help="draw examples from a mixture spec and print the counts per task")
     mix.add_argument("spec", help="mixture YAML")
@@ -79,7 +80,11 @@ def _synth(args) -> int:
 def _convert(args) -> int:
     from .readers import read_dataset, write_samples
 
-    options = {"split": args.split} if args.split else {}
+    options = {}
+    if args.split:
+        options["split"] = args.split
+    if args.label_map:
+        options["label_map"] = args.label_map
     samples, report = read_dataset(args.input, args.format, args.image_root, not args.no_check_images, **options)
     print(report)
     n = write_samples(samples, args.out)

@@ -34,3 +34,24 @@ def test_negatives_prints_foils(capsys):
     (line,) = capsys.readouterr().out.splitlines()
     record = json.loads(line)
     assert record["phrase"] == "a red car" and len(record["foils"]) == 3
+
+
+def test_synth_ood_draws_only_held_out_kinds(tmp_path):
+    assert main(["data", "synth", "--n", "4", "--out", str(tmp_path), "--ood", "--size", "96"]) == 0
+    samples, _ = read_dataset(tmp_path / "samples.jsonl")
+    kinds = {o["attributes"]["kind"] for s in samples for o in s["objects"]}
+    assert kinds and kinds <= {"heart", "crescent", "arrow"}
+
+
+def test_convert_odvg_with_a_label_map(tmp_path, capsys):
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    record = {"filename": "a.png", "width": 32, "height": 32,
+              "detection": {"instances": [{"bbox": [1, 1, 9, 9], "label": 3}]}}
+    (tmp_path / "d.jsonl").write_text(json.dumps(record) + "\n")
+    (tmp_path / "labels.json").write_text(json.dumps({"3": "kite"}))
+    assert main(["data", "convert", str(tmp_path / "d.jsonl"), "--label-map", str(tmp_path / "labels.json"),
+                 "--out", str(tmp_path / "out.jsonl")]) == 0
+    (sample,) = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert sample["objects"][0]["phrase"] == "kite"
