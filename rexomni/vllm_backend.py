@@ -1,0 +1,146 @@
+"""The vLLM backend (GPU): ``RexOmni.from_pretrained(path, backend="vllm")``.
+
+Same prompts, parsing, results and score definition as the transformers backend; only generation
+moves to a vLLM engine. What differs:
+
+- Constrained decoding uses vLLM's structured outputs with a regular expression of the grammar
+  (:func:`grammar_regex`): phrases limited to the requested ones, whole boxes/points, ``None``,
+  the group separators and a bound on items per group. The rules a regex cannot state cheaply
+  (x1 >= x0, no repeated box, the token budget) are only enforced by the transformers backend.
+- Scores use the log-probability vLLM reports for each sampled token (``logprobs=0``), which is
+  the raw model distribution, as in the transformers backend.
+- vLLM tokenizes the prompt with the checkpoint's own tokenizer: negative prompts need a
+  checkpoint saved by this project (whose tokenizer has the negative tokens).
+
+``vllm`` is imported only here and only when the backend is used.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from .api import FREE_PHRASE_TASKS, TASK_ITEMS, Result, RexOmni
+from .tokens import BOX_END, BOX_START, OBJECT_REF_END, OBJECT_REF_START
+
+_COORD = r"<(?:[0-9]|[1-9][0-9]|[1-9][0-9][0-9])>"
+_ITEM = {"box": f"(?:{_COORD}){{4}}", "point": f"(?:{_COORD}){{2}}", "polygon": f"(?:{_COORD}{_COORD}){{3,}}"}
+
+
+def grammar_regex(phrases: Sequence[str] | None, item: str = "box", max_items_per_group: int | None = None) -> str:
+    """A regular expression that matches exactly the answers the grammar allows.
+
+    ``phrases`` None allows any phrase text without markers (OCR).
+    """
+    phrase = "(?:" + "|".join(re.escape(p) for p in phrases) + ")" if phrases else r"[^<>]{1,200}"
+    unit = _ITEM[item]
+    more = "*" if max_items_per_group is None else f"{{0,{max(0, max_items_per_group - 1)}}}"
+    body = f"(?:None|{unit}(?:,{unit}){more})"
+    group = re.escape(OBJECT_REF_START) + phrase + re.escape(OBJECT_REF_END) + re.escape(BOX_START) + body + \
+        re.escape(BOX_END)
+    return f"{group}(?:, {group})*"
+
+
+class VLLMDetector(RexOmni):
+    """RexOmni whose ``model`` is a ``vllm.LLM``."""
+
+    @classmethod
+    def load(cls, path: str, processor, settings, **engine_kwargs) -> VLLMDetector:
+        try:
+            from vllm import LLM
+        except ImportError as e:
+            raise ImportError("backend='vllm' needs the vllm package on a GPU machine: "
+                              "pip install 'rexomni[gpu]'") from e
+        engine_kwargs.setdefault("limit_mm_per_prompt", {"image": 1})
+        engine_kwargs.setdefault("mm_processor_kwargs", {"min_pixels": settings.min_pixels,
+                                                         "max_pixels": settings.max_pixels})
+        llm = LLM(model=path, tokenizer=path, **engine_kwargs)
+        return cls(llm, processor, settings, backend="vllm", device="cuda", name=str(path))
+
+    # ------------------------------------------------------------------ requests (no GPU needed)
+    def build_requests(self, task: str, requests: list[dict], *, constrained: bool = True, scores: bool = True,
+                       max_boxes: int | None = None, max_new_tokens: int | None = None,
+                       **generate_kwargs) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """(prompt, sampling parameters as a dict) per image, ready for ``vllm.LLM.generate``."""
+        gen = self._generation_settings(max_new_tokens, generate_kwargs)
+        sampling = {
+            "max_tokens": gen.pop("max_new_tokens"),
+            "repetition_penalty": gen.pop("repetition_penalty", 1.0),
+            "stop_token_ids": [self.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")],
+            "skip_special_tokens": False,
+            "spaces_between_special_tokens": False,
+        }
+        if gen.pop("do_sample", False):
+            sampling["temperature"] = gen.pop("temperature", 1.0)
+            for key in ("top_p", "top_k", "seed"):
+                if key in gen:
+                    sampling[key] = gen.pop(key)
+        else:
+            sampling["temperature"] = 0.0
+            gen.pop("temperature", None)
+        if gen:
+            raise ValueError(f"the vllm backend does not take {sorted(gen)}")
+        if scores:
+            sampling["logprobs"] = 0  # the sampled token's log-probability
+        kind = TASK_ITEMS[task]
+        out = []
+        for request in requests:
+            params = dict(sampling)
+            if constrained and kind != "keypoints":
+                phrases = None if task in FREE_PHRASE_TASKS else request["phrases"]
+                params["regex"] = grammar_regex(phrases, kind, max_boxes)
+            prompt = {"prompt": self.chat_text(request["prompt"]), "multi_modal_data": {"image": request["image"]}}
+            out.append((prompt, params))
+        return out
+
+    def results_from_outputs(self, task: str, requests: list[dict], outputs) -> list[Result]:
+        """vLLM ``RequestOutput`` objects -> results (token ids and sampled log-probs)."""
+        import torch
+
+        results = []
+        for request, output in zip(requests, outputs):
+            completion = output.outputs[0]
+            ids = list(completion.token_ids)
+            logprobs = None
+            if completion.logprobs is not None:
+                logprobs = torch.tensor([float(step[tid].logprob) for step, tid in zip(completion.logprobs, ids)])
+            results.append(self._to_result(task, request, torch.tensor(ids, dtype=torch.long), logprobs,
+                                           len(output.prompt_token_ids or [])))
+        return results
+
+    # ------------------------------------------------------------------ generation
+    def _run_batch(self, task: str, requests: list[dict], **kwargs) -> list[Result]:
+        import time
+
+        t0 = time.perf_counter()
+        built = self.build_requests(task, requests, **kwargs)
+        t1 = time.perf_counter()
+        params = [self.sampling_params(s) for _, s in built]
+        outputs = self.model.generate([p for p, _ in built], sampling_params=params, use_tqdm=False)
+        t2 = time.perf_counter()
+        results = self.results_from_outputs(task, requests, outputs)
+        t3 = time.perf_counter()
+        timing = {"preprocess_s": t1 - t0, "generate_s": t2 - t1, "postprocess_s": t3 - t2}
+        for r in results:
+            r.timing, r.seconds = dict(timing), (t3 - t0) / max(1, len(results))
+            if kwargs.get("scores", True) is False:
+                r.scores[:] = float("nan")
+        return results
+
+    @staticmethod
+    def sampling_params(params: dict[str, Any]):
+        """A ``vllm.SamplingParams`` from the dict of :meth:`build_requests`."""
+        import vllm
+
+        params = dict(params)
+        regex = params.pop("regex", None)
+        if regex is not None:
+            if hasattr(vllm.sampling_params, "StructuredOutputsParams"):
+                params["structured_outputs"] = vllm.sampling_params.StructuredOutputsParams(regex=regex)
+            else:  # vLLM before 0.11
+                params["guided_decoding"] = vllm.sampling_params.GuidedDecodingParams(regex=regex)
+        return vllm.SamplingParams(**params)
+
+    def score(self, *args, **kwargs):
+        raise NotImplementedError("teacher-forced score() needs the transformers backend")
