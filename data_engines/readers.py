@@ -328,9 +328,12 @@ def xywh_to_xyxy(box: Any) -> Any:
     return [x, y, x + w, y + h]
 
 
-def _phrase(name: str) -> str:
-    # LVIS names use underscores ("aerosol_can"); prompts use words.
+def category_phrase(name: str) -> str:
+    """A category name as the readers write it: LVIS's ``aerosol_can`` -> ``aerosol can``."""
     return " ".join(str(name).replace("_", " ").split())
+
+
+_phrase = category_phrase  # the short name other packages already import
 
 
 def _segmentation_mask(segmentation: Any, height: int | None, width: int | None) -> dict | None:
@@ -621,5 +624,5 @@ def sample_vocabulary(samples: Iterable[dict]) -> list[str]:
     return sorted(vocab)
 
 
-__all__ = ["FORMATS", "ReadReport", "read_dataset", "write_samples", "detect_format", "iter_jsonl",
+__all__ = ["FORMATS", "ReadReport", "category_phrase", "read_dataset", "write_samples", "detect_format", "iter_jsonl",
            "sample_vocabulary", "xywh_to_xyxy"]
