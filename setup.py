@@ -42,8 +42,10 @@ setup(
         "train": ["trl>=1.0", "peft>=0.15", "deepspeed>=0.16", "accelerate>=1.5", "datasets>=3.0",
                   "tensorboard>=2.16"],
         "eval": ["pycocotools>=2.0.8", "faster-coco-eval>=1.6"],
+        # Negative images on real photographs: an inpainting pipeline from a local path.
+        "inpaint": ["diffusers>=0.30"],
         "gpu": ["flash-attn>=2.6", "qwen-vl-utils>=0.0.10", "vllm>=0.8"],
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "ruff>=0.6"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "ruff>=0.6", "diffusers>=0.30"],
     },
     entry_points={"console_scripts": ["rexomni=rexomni.cli:main"]},
 )
