@@ -23,6 +23,8 @@ def build_parser():
     model.add_argument("--model", help="checkpoint folder or hub id loadable by RexOmni.from_pretrained")
     model.add_argument("--benchmark", help="benchmark spec YAML (see eval/benchmarks/)")
     model.add_argument("--device", default="cpu", help="device for the model")
+    model.add_argument("--backend", default="transformers", choices=["transformers", "vllm"],
+                       help="inference backend (vllm: GPU only)")
     model.add_argument("--batch-size", type=int, default=None, help="override the spec's batch size")
     files = parser.add_argument_group("score a predictions file")
     files.add_argument("--predictions", help="COCO results JSON or the project's prediction JSONL")
@@ -86,7 +88,7 @@ def _benchmark(args) -> int:
         spec.batch_size = args.batch_size
     from rexomni.api import RexOmni
 
-    model = RexOmni.from_pretrained(args.model, device=args.device)
+    model = RexOmni.from_pretrained(args.model, device=args.device, backend=args.backend)
     out = args.out or "eval_out"
     results = run_benchmark(model, spec, out, protocol=args.protocol, progress=not args.quiet)
     print(markdown_table(results))
