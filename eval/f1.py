@@ -103,38 +103,41 @@ def f1_score(samples: list[dict], predictions: Mapping[str, Prediction], view: G
     """F1 for any geometry (see :class:`GeometryView`), with the protocol's matching and averaging."""
     protocol = get_protocol(protocol)
     thresholds = np.atleast_1d(np.asarray(thresholds, dtype=np.float64))
-    method = protocol.matcher(coco_style)
-    norm = lambda phrase: protocol.normalize(phrase, detection_set)
     empty = Prediction()
-    units = []  # per sample: [(category, tp per threshold, n_pred, n_gt)]
-    for sample in samples:
-        pred = predictions.get(sample["key"], empty).with_constant_score(protocol.constant_score)
-        geometry, labels, scores = view.predicted(pred)
-        objects = view.ground_truth(sample)
-        gt_labels = [norm(o["phrase"]) for o in objects]
-        pred_labels = [norm(label) for label in labels]
-        per_sample = protocol.averaging(coco_style) == "sample"
-        if per_sample:  # the released rule: only predictions named like one of the sample's phrases
-            asked = {norm(c) for c in gt_categories(sample)} | set(gt_labels)
-            keep = [i for i, label in enumerate(pred_labels) if label in asked]
-            geometry, scores = _take(geometry, keep), np.asarray(scores)[keep]
-            pred_labels = [pred_labels[i] for i in keep]
-        if per_sample and protocol.class_agnostic:
-            groups = {"": (list(range(len(pred_labels))), list(range(len(objects))))}
-        else:
-            groups = _groups(pred_labels, gt_labels)
-        rows = []
-        for name, (pi, gi) in groups.items():
-            tp = np.zeros(len(thresholds))
-            if pi and gi:
-                sim = view.similarity(_take(geometry, pi), [objects[j] for j in gi])
-                sub_scores = np.asarray(scores)[pi]
-                tp = count_matches(sim, thresholds, method, sub_scores).astype(np.float64)
-            rows.append((name, tp, len(pi), len(gi)))
-        units.append(rows)
+    units = [_sample_counts(sample, predictions.get(sample["key"], empty), view, protocol, coco_style, detection_set,
+                            thresholds)
+             for sample in samples]
     if protocol.averaging(coco_style) == "category":
         return _category_average(units, protocol, thresholds)
     return _sample_average(units, thresholds)
+
+
+def _sample_counts(sample: dict, pred: Prediction, view: GeometryView, protocol: Protocol, coco_style: bool,
+                   detection_set: bool, thresholds: np.ndarray) -> list[tuple[str, np.ndarray, int, int]]:
+    """One sample's ``(category, true positives per threshold, predictions, ground truths)`` rows."""
+    norm = lambda phrase: protocol.normalize(phrase, detection_set)
+    geometry, labels, scores = view.predicted(pred.with_constant_score(protocol.constant_score))
+    scores = np.asarray(scores)
+    objects = view.ground_truth(sample)
+    gt_labels = [norm(o["phrase"]) for o in objects]
+    pred_labels = [norm(label) for label in labels]
+    per_sample = protocol.averaging(coco_style) == "sample"
+    if per_sample:  # the released rule: only predictions named like one of the sample's phrases
+        asked = {norm(c) for c in gt_categories(sample)} | set(gt_labels)
+        keep = [i for i, label in enumerate(pred_labels) if label in asked]
+        geometry, scores, pred_labels = _take(geometry, keep), scores[keep], [pred_labels[i] for i in keep]
+    if per_sample and protocol.class_agnostic:
+        groups = {"": (list(range(len(pred_labels))), list(range(len(objects))))}
+    else:
+        groups = _groups(pred_labels, gt_labels)
+    rows = []
+    for name, (pi, gi) in groups.items():
+        tp = np.zeros(len(thresholds))
+        if pi and gi:
+            sim = view.similarity(_take(geometry, pi), [objects[j] for j in gi])
+            tp = count_matches(sim, thresholds, protocol.matcher(coco_style), scores[pi]).astype(np.float64)
+        rows.append((name, tp, len(pi), len(gi)))
+    return rows
 
 
 def _take(geometry, index: list[int]):
