@@ -74,3 +74,40 @@ def test_sample_average_with_empty_sample():
 def test_unknown_threshold_is_a_key_error():
     with pytest.raises(KeyError):
         box_f1(_samples(), _predictions()).at(0.42)
+
+
+def _random_set(seed, n_images=15):
+    rng = np.random.default_rng(seed)
+    samples, preds = [], {}
+    for i in range(n_images):
+        n = int(rng.integers(0, 6))
+        xy = rng.uniform(0, 80, (n, 2))
+        gt = np.c_[xy, xy + rng.uniform(5, 30, (n, 2))]
+        labels = [str(c) for c in rng.choice(["a", "b", "c"], n)]
+        samples.append({"image": str(i), "width": 120, "height": 120,
+                        "objects": [{"phrase": c, "bbox": b.tolist()} for c, b in zip(labels, gt)]})
+        boxes = np.r_[gt + rng.normal(0, 3, gt.shape), np.c_[xy[:2], xy[:2] + 12]]
+        preds[str(i)] = Prediction(boxes, rng.uniform(size=len(boxes)), labels + labels[:2])
+    return assign_keys(samples), preds
+
+
+def _shuffled(pred, rng):
+    order = rng.permutation(len(pred.labels))
+    return Prediction(pred.boxes[order], pred.scores[order], [pred.labels[i] for i in order])
+
+
+def test_strict_f1_does_not_depend_on_answer_order():
+    rng = np.random.default_rng(0)
+    for seed in range(5):
+        samples, preds = _random_set(seed)
+        shuffled = {k: _shuffled(p, rng) for k, p in preds.items()}
+        np.testing.assert_allclose(box_f1(samples, preds).f1, box_f1(samples, shuffled).f1)
+
+
+def test_perfect_answers_score_one_under_both_protocols():
+    samples, _ = _random_set(7)
+    perfect = {s["key"]: Prediction([o["bbox"] for o in s["objects"]], [0.9] * len(s["objects"]),
+                                    [o["phrase"] for o in s["objects"]]) for s in samples}
+    for protocol in ("strict", "rexomni"):
+        for coco_style in (True, False):
+            assert box_f1(samples, perfect, protocol, coco_style).f1 == pytest.approx(np.ones(10))
