@@ -102,11 +102,11 @@ def build_coco(samples: list[dict], predictions: Mapping[str, Prediction], proto
 
 def lvis_category_frequency(path: str | os.PathLike) -> dict[str, str]:
     """``{phrase: "r" | "c" | "f"}`` from an LVIS annotation file, phrases spelt as the reader spells them."""
-    from rexomni.data_engines.readers import _phrase  # the reader's own name cleaning, so the keys match
+    from rexomni.data_engines.readers import category_phrase  # the reader's own name cleaning: keys match
 
     with open(path, encoding="utf-8") as f:
         categories = json.load(f).get("categories", [])
-    return {_phrase(c["name"]): c["frequency"] for c in categories if c.get("frequency")}
+    return {category_phrase(c["name"]): c["frequency"] for c in categories if c.get("frequency")}
 
 
 def _object_area(obj: Mapping, box_area: float) -> float:

@@ -228,9 +228,9 @@ def predictions_from_coco(results: list[dict], samples: list[dict],
     with open(coco_annotations, encoding="utf-8") as f:
         coco = json.load(f)
     file_of = {img["id"]: img["file_name"] for img in coco.get("images", [])}
-    from rexomni.data_engines.readers import _phrase  # category names spelt as the reader spells them
+    from rexomni.data_engines.readers import category_phrase  # names spelt as the reader spells them
 
-    name_of = {cat["id"]: _phrase(cat["name"]) for cat in coco.get("categories", [])}
+    name_of = {cat["id"]: category_phrase(cat["name"]) for cat in coco.get("categories", [])}
     key_of = {}
     for s in samples:
         key_of.setdefault(str(s.get("image")), s["key"])
