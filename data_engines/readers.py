@@ -379,6 +379,10 @@ def _read_coco(path: str, report: ReadReport, masks: bool = True, keep_crowd: bo
             category = categories.get(ann.get("category_id"))
             obj: dict[str, Any] = {"phrase": names.get(ann.get("category_id"), ""),
                                    "bbox": xywh_to_xyxy(ann.get("bbox"))}
+            if ann.get("area") is not None:
+                obj["area"] = float(ann["area"])  # COCO sizes objects (APs/m/l) by this polygon area
+            if ann.get("iscrowd"):
+                obj["iscrowd"] = 1
             if category is None:
                 obj["_unknown_category"] = True
             elif masks and ann.get("segmentation"):
@@ -393,6 +397,10 @@ def _read_coco(path: str, report: ReadReport, masks: bool = True, keep_crowd: bo
             verified = {o["phrase"] for o in objects if o["phrase"]}
             verified |= {names[c] for c in image.get("neg_category_ids", []) if c in names}
             sample["categories"] = sorted(verified)
+            # categories whose absence elsewhere on the image was not checked: evaluation ignores them
+            not_exhaustive = [names[c] for c in image.get("not_exhaustive_category_ids", []) if c in names]
+            if not_exhaustive:
+                sample["not_exhaustive_categories"] = sorted(not_exhaustive)
         else:
             sample["categories"] = sorted(set(names.values()))
         yield sample

@@ -32,9 +32,9 @@ def _coco(lvis=False):
         for im in images:
             im["coco_url"] = "http://images.example/train2017/" + im.pop("file_name")
             im["neg_category_ids"] = [2]
-            im["not_exhaustive_category_ids"] = []
+            im["not_exhaustive_category_ids"] = [1] if im["id"] == 1 else []
     anns = [
-        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 3, 10, 20], "iscrowd": 0,
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 3, 10, 20], "iscrowd": 0, "area": 190.5,
          "segmentation": [[2, 3, 12, 3, 12, 23, 2, 23]]},
         {"id": 2, "image_id": 1, "category_id": 2, "bbox": [60, 40, 20, 20], "iscrowd": 0},   # outside
         {"id": 3, "image_id": 1, "category_id": 9, "bbox": [1, 1, 5, 5], "iscrowd": 0},       # unknown category
@@ -57,6 +57,7 @@ def test_coco_reader_keeps_valid_and_counts_drops(images):
     a, b = samples
     assert a["objects"][0]["phrase"] == "traffic light"
     assert a["objects"][0]["bbox"] == [2.0, 3.0, 12.0, 23.0]
+    assert a["objects"][0]["area"] == 190.5  # COCO's own area sizes objects for APs/m/l
     assert mask_bbox(rle_decode(a["objects"][0]["mask"])) == [2.0, 3.0, 13.0, 24.0]  # polygon edge pixels included
     assert b["objects"][0]["keypoints"] == {"nose": [10.0, 10.0]}  # the unlabelled eye is left out
     assert a["categories"] == ["person", "traffic light"]  # COCO is exhaustive: every category verified
@@ -75,6 +76,8 @@ def test_lvis_reader_uses_urls_and_verified_negatives(images):
     assert report.format == "lvis"
     assert samples[0]["objects"][0]["phrase"] == "traffic light"
     assert samples[0]["categories"] == ["person", "traffic light"]  # present + neg_category_ids
+    assert samples[0]["not_exhaustive_categories"] == ["traffic light"]
+    assert "not_exhaustive_categories" not in samples[1]
     assert report.dropped[readers.MISSING_IMAGE] == 2  # m.png and bad.png are not under train2017/
 
 
