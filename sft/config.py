@@ -45,6 +45,7 @@ class SFTConfig:
     # ---- optimisation
     output_dir: str = "runs/sft"
     max_steps: int = 1000
+    max_train_minutes: float | None = None  # stop (and save) after this much training time
     per_device_train_batch_size: int = 4
     gradient_accumulation_steps: int = 1
     learning_rate: float = 2e-5          # language model (and new token rows)
@@ -115,14 +116,20 @@ def _field_types() -> dict[str, Any]:
 
 def _parse_value(name: str, text: str) -> Any:
     """A command-line string -> the field's type (YAML syntax: ``true``, ``1e-3``, ``[a, b]``, ``null``)."""
-    value = yaml.safe_load(text)
-    hint = str(_field_types()[name])
-    if value is None:
-        return None
-    if "float" in hint and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint.startswith("str") and not isinstance(value, str):
+    value = _coerce(name, yaml.safe_load(text))
+    if str(_field_types()[name]).startswith("str") and not isinstance(value, str) and value is not None:
         return str(text)
+    return value
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Numbers for float fields: YAML reads ``1e-4`` (no dot) as a string, and ints stay ints."""
+    hint = str(_field_types()[name])
+    if "float" in hint and value is not None and not isinstance(value, bool):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"config: {name} must be a number, got {value!r}") from None
     return value
 
 
@@ -171,6 +178,7 @@ def load_config(path: str | None, overrides: list[str] | dict[str, Any] | None =
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
     data.update(overrides or {})
+    data = {key: _coerce(key, value) for key, value in data.items()}
     for key in ("data", "deepspeed"):
         if isinstance(data.get(key), str):
             data[key] = resolve_path(data[key], base_dir)

@@ -75,6 +75,12 @@ class RexOmniSFTTrainer(Trainer):
         loss = loss + extra / self.current_gradient_accumulation_steps
         return (loss, outputs) if return_outputs else loss
 
+    def _get_train_sampler(self, train_dataset=None):
+        """Indices in order: every index of a :class:`MixtureDataset` is already its own seeded random
+        draw, so shuffling adds nothing, and an order that owes nothing to the global RNG makes a
+        resumed run see exactly the batches an uninterrupted one would."""
+        return torch.utils.data.SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
+
     def create_optimizer(self, model=None):
         """AdamW (torch) over one group per part: DeepSpeed then wraps it instead of compiling its own."""
         if self.optimizer is None:
@@ -93,11 +99,36 @@ class RexOmniSFTTrainer(Trainer):
             logs.update({k: float(v) for k, v in self._extra_logs.items()})
         super().log(logs, start_time)
 
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None):
+        """Load full-model checkpoint weights through ``from_pretrained``.
+
+        transformers 5.23 saves Qwen2.5-VL in the original key layout (``model.layers.*``,
+        ``visual.*``) but the Trainer's resume loads the file with a plain ``load_state_dict``, which
+        matches only ``lm_head`` and silently leaves every other weight as it was. ``from_pretrained``
+        undoes the renaming. Adapters (PEFT) and DeepSpeed checkpoints keep the Trainer's own path.
+        """
+        model = model if model is not None else self.model
+        has_full_weights = any(os.path.isfile(os.path.join(resume_from_checkpoint, name))
+                               for name in ("model.safetensors", "model.safetensors.index.json"))
+        if self.is_deepspeed_enabled or _is_peft(model) or not has_full_weights:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        reloaded = type(model).from_pretrained(resume_from_checkpoint, dtype=model.dtype)
+        model.load_state_dict(reloaded.state_dict(), strict=True)
+        logger.info("resumed model weights from %s", resume_from_checkpoint)
+
     def _save(self, output_dir: str | None = None, state_dict=None):
         super()._save(output_dir, state_dict)
         output_dir = output_dir or self.args.output_dir
         if self.args.should_save:
             self.bundle.settings.save(output_dir)
+
+
+def _is_peft(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
 
 
 class HeldOutCallback(TrainerCallback):
@@ -127,6 +158,20 @@ class HeldOutCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self._run(state)
+
+
+class TimeLimitCallback(TrainerCallback):
+    """Stops training once ``minutes`` of training have passed (the final model is still saved)."""
+
+    def __init__(self, minutes: float):
+        self.seconds, self.start = minutes * 60.0, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.perf_counter() - self.start >= self.seconds:
+            control.should_training_stop = True
 
 
 # --------------------------------------------------------------------------- data
@@ -190,12 +235,35 @@ def _cpu_backend() -> str | None:
     return "gloo" if launched and not torch.cuda.is_available() else None
 
 
+def _configure_cpu_deepspeed_state() -> dict | None:
+    """DeepSpeed with several processes on a machine without CUDA: set up accelerate's state here.
+
+    transformers' TrainingArguments does not pass ``ddp_backend`` to accelerate when DeepSpeed is
+    on, and accelerate (not told ``cpu``, finding no accelerator) then keeps backend None: DeepSpeed
+    still joins the processes, but accelerate records ``num_processes = 1`` and DeepSpeed's batch
+    check fails (global batch counted for 1 process, world size 2). Building the state ourselves
+    with backend gloo and handing it over (``use_configured_state``) gives both the same world.
+    Returns the ``accelerator_config`` to pass, or None when nothing is needed.
+    """
+    if _cpu_backend() is None:
+        return None
+    from accelerate import PartialState
+
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"  # what TrainingArguments sets around the same call
+    try:
+        PartialState(backend="gloo")
+    finally:
+        del os.environ["ACCELERATE_USE_DEEPSPEED"]
+    return {"use_configured_state": True}
+
+
 def training_arguments(config: SFTConfig) -> TrainingArguments:
-    """TrainingArguments from the config. On a machine without CUDA the distributed backend is
-    named (gloo): otherwise accelerate, given DeepSpeed and several processes but no backend,
-    records a single process (the failure ../shared/PLATFORM.md describes)."""
+    """TrainingArguments from the config (see :func:`_configure_cpu_deepspeed_state` for the
+    one departure: DeepSpeed on CPU processes)."""
+    accelerator_config = None
     if config.deepspeed:
         _disable_deepspeed_cpu_shm()
+        accelerator_config = _configure_cpu_deepspeed_state()
     return TrainingArguments(
         output_dir=config.output_dir,
         max_steps=config.max_steps,
@@ -209,8 +277,9 @@ def training_arguments(config: SFTConfig) -> TrainingArguments:
         seed=config.seed,
         data_seed=config.seed,
         bf16=resolve_bf16(config),
-        gradient_checkpointing=config.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        dataloader_pin_memory=torch.cuda.is_available(),
         deepspeed=config.deepspeed,
         ddp_backend=_cpu_backend(),
         dataloader_num_workers=config.dataloader_num_workers,
@@ -223,6 +292,7 @@ def training_arguments(config: SFTConfig) -> TrainingArguments:
         report_to=config.report_to,
         disable_tqdm=not config.progress,
         optim="adamw_torch",
+        accelerator_config=accelerator_config,
     )
 
 
@@ -292,6 +362,8 @@ def run_sft(config: SFTConfig) -> dict[str, Any]:
     callback = HeldOutCallback(trainer, encoder, heldout)
     if config.eval_examples:
         trainer.add_callback(callback)
+    if config.max_train_minutes:
+        trainer.add_callback(TimeLimitCallback(config.max_train_minutes))
     if trainer.is_world_process_zero():
         logger.info("trainable parameters by part (total, trainable): %s", count_by_part(model))
     result = trainer.train(resume_from_checkpoint=resume_point(config))
@@ -299,7 +371,8 @@ def run_sft(config: SFTConfig) -> dict[str, Any]:
     if train_set.skipped_images:
         logger.warning("skipped unreadable images: %s", dict(train_set.skipped_images))
     return {"train": result.metrics, "heldout": callback.history, "output_dir": config.output_dir,
-            "global_step": trainer.state.global_step}
+            "global_step": trainer.state.global_step,
+            "samples_per_s": trainer.state.global_step * global_batch(config) / result.metrics["train_runtime"]}
 
 
 # --------------------------------------------------------------------------- dry run

@@ -1,0 +1,38 @@
+"""Small SFT configurations shared by the tests/test_sft_*.py files."""
+
+from __future__ import annotations
+
+import os
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_YAML = os.path.join(REPO, "sft", "configs", "tiny.yaml")
+
+
+def single_object_data(size: int = 112, seed: int = 0) -> dict:
+    """A mixture spec of one plain shape per scene, released prompt wording only."""
+    return {"seed": seed, "codec": "center", "paraphrase": False,
+            "sources": [{"name": "one", "synth": {"mode": "single", "size": size, "masks": False,
+                                                  "num_objects": [1, 1]},
+                         "tasks": {"grounding": 1}}]}
+
+
+def tiny_overrides(output_dir: str, **extra) -> dict:
+    """Overrides of tiny.yaml for a quick, quiet run writing to ``output_dir``."""
+    base = {"output_dir": str(output_dir), "max_steps": 4, "per_device_train_batch_size": 4,
+            "eval_examples": 0, "save_steps": 1000, "logging_steps": 1, "report_to": [], "progress": False,
+            "data": single_object_data()}
+    base.update(extra)
+    return base
+
+
+def cli_args(overrides: dict) -> list[str]:
+    """The same overrides as ``rexomni sft`` flags (mappings and lists as YAML flow text)."""
+    import yaml
+
+    args = []
+    for key, value in overrides.items():
+        text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
+        if text.endswith("\n...") or text.endswith("..."):
+            text = text.rsplit("...", 1)[0].strip()
+        args += [f"--{key}", text]
+    return args

@@ -1,0 +1,99 @@
+"""SFT as separate processes: exact resume after SIGKILL, and two "nodes" on 127.0.0.1 (gloo)
+training with DeepSpeed ZeRO-2 through the Trainer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import torch
+from rexomni.sft.trainer import last_complete_checkpoint
+from safetensors.torch import load_file
+from sft_helpers import REPO, TINY_YAML, cli_args, tiny_overrides
+
+
+def sft_command(overrides: dict) -> list[str]:
+    return [sys.executable, "-m", "rexomni.cli", "sft", "--config", TINY_YAML, *cli_args(overrides)]
+
+
+def quiet_env(**extra) -> dict:
+    # One thread per process: deterministic sums, and no oversubscription of the test machine.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
+
+
+def weights(folder) -> dict[str, torch.Tensor]:
+    return load_file(os.path.join(folder, "model.safetensors"))
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+    run = dict(max_steps=16, save_steps=4, per_device_train_batch_size=4, logging_steps=4, save_total_limit=None)
+    killed_dir, reference_dir = tmp_path / "killed", tmp_path / "reference"
+    proc = subprocess.Popen(sft_command(tiny_overrides(killed_dir, **run)), cwd=REPO, env=quiet_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while last_complete_checkpoint(str(killed_dir)) is None:
+        assert proc.poll() is None, f"the run ended before its first checkpoint:\n{proc.stderr.read()[-3000:]}"
+        assert time.monotonic() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    last = last_complete_checkpoint(str(killed_dir))
+    assert proc.returncode == -signal.SIGKILL
+    assert int(last.rsplit("-", 1)[1]) < 16 and not os.path.exists(killed_dir / "model.safetensors"), \
+        "the run must be killed mid-training for this test to mean anything"
+
+    resumed = subprocess.run(sft_command(tiny_overrides(killed_dir, resume_from_checkpoint="auto", **run)),
+                             cwd=REPO, env=quiet_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    reference = subprocess.run(sft_command(tiny_overrides(reference_dir, **run)), cwd=REPO, env=quiet_env(),
+                               capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    a, b = weights(killed_dir), weights(reference_dir)
+    assert a.keys() == b.keys()
+    initial = weights(last)
+    assert any(not torch.equal(initial[k], a[k]) for k in a), "training went on after the resume"
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=lambda m, key=key: f"{key}: {m}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_gloo_deepspeed_zero2(tmp_path):
+    """Two torchrun "nodes" (one process each) on 127.0.0.1: the Trainer with DeepSpeed ZeRO-2."""
+    port = free_port()
+    out = tmp_path / "two_nodes"
+    overrides = tiny_overrides(out, max_steps=3, save_steps=3, per_device_train_batch_size=2,
+                               deepspeed=os.path.join(REPO, "sft", "configs", "ds_zero2.json"))
+    procs = []
+    for node_rank in (0, 1):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node_rank),
+                   "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+                   "-m", "rexomni.sft.cli", "--config", TINY_YAML, *cli_args(overrides)]
+        procs.append(subprocess.Popen(command, cwd=REPO, env=quiet_env(), stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    logs = []
+    try:
+        for proc in procs:
+            logs.append(proc.communicate(timeout=300)[0])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    for rank, (proc, log) in enumerate(zip(procs, logs)):
+        assert proc.returncode == 0, f"node {rank} failed:\n{log[-4000:]}"
+    ds_state = out / "checkpoint-3" / "global_step3"
+    shards = sorted(p.name for p in ds_state.glob("*optim_states.pt"))
+    assert len(shards) == 2, f"ZeRO-2 should partition the optimizer over 2 ranks, found {shards}"
+    assert os.path.isfile(out / "checkpoint-3" / "rng_state_1.pth")
+    final = weights(out)
+    assert all(torch.isfinite(t).all() for t in final.values())

@@ -1,0 +1,116 @@
+"""SFT end to end on the tiny preset: memorisation (AP50 = 1) through the project's path, the
+checkpoint serves `RexOmni.detect`, LoRA saves and merges, dry runs of every shipped config."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+import pytest
+import torch
+from rexomni.sft import cli
+from rexomni.sft.config import load_config
+from rexomni.sft.trainer import build_datasets, run_sft
+from safetensors.torch import load_file
+from sft_helpers import REPO, TINY_YAML, tiny_overrides
+
+SHIPPED = sorted(glob.glob(os.path.join(REPO, "sft", "configs", "*.yaml")))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=os.path.basename)
+def test_dry_run_every_shipped_config(path, capsys):
+    assert cli.main(["--config", path, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    for key in ("world size", "global", "steps", "tokens/step", "parameters", "vision", "merger", "llm"):
+        assert key in out, f"{key!r} missing from the plan of {os.path.basename(path)}"
+    config = load_config(path)
+    if config.freeze_vision:
+        assert any(line.split()[:1] == ["vision"] and line.rstrip().endswith("yes") for line in out.splitlines())
+
+
+def test_dry_run_counts_lora_and_frozen_parts(capsys):
+    assert cli.main(["--config", TINY_YAML, "--dry-run", "--lora_r", "4", "--freeze_vision", "true"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()
+            if line.strip().split()[:1] in (["vision"], ["merger"], ["llm"])}
+    vision_total, vision_trainable = (int(x.replace(",", "")) for x in rows["vision"][1:3])
+    llm_total, llm_trainable = (int(x.replace(",", "")) for x in rows["llm"][1:3])
+    assert vision_total > 0 and vision_trainable == 0
+    assert 0 < llm_trainable < llm_total
+
+
+@pytest.fixture(scope="module")
+def memorised(tmp_path_factory):
+    """The tiny model trained on 8 fixed single-object scenes until it writes them back."""
+    out = tmp_path_factory.mktemp("memorise")
+    config = load_config(TINY_YAML, tiny_overrides(
+        out, train_examples=8, cache_examples=True, per_device_train_batch_size=8, max_steps=120,
+        save_steps=60, eval_examples=0, logging_steps=20))
+    result = run_sft(config)
+    train_set, _ = build_datasets(config, None)
+    return config, result, [train_set.example(i) for i in range(8)]
+
+
+def test_memorises_eight_scenes_ap50_one(memorised):
+    from rexomni.sft.data import ExampleEncoder
+    from rexomni.sft.heldout import evaluate_heldout
+
+    from rexomni.api import RexOmni
+
+    config, result, examples = memorised
+    assert result["global_step"] == 120
+    detector = RexOmni.from_pretrained(config.output_dir)
+    encoder = ExampleEncoder(detector.processor, config.system_prompt)
+    metrics = evaluate_heldout(detector.model, encoder, examples, ap=True)
+    assert metrics["parsed_clean"] == 1.0
+    assert metrics["f1@0.5"] == 1.0
+    assert metrics["ap50"] == pytest.approx(1.0)
+
+
+def test_checkpoint_folder_serves_detect(memorised):
+    from rexomni.eval.boxes import box_iou
+
+    from rexomni.api import RexOmni
+
+    config, _, examples = memorised
+    checkpoint = os.path.join(config.output_dir, "checkpoint-120")
+    assert os.path.isfile(os.path.join(checkpoint, "rexomni_config.json"))
+    detector = RexOmni.from_pretrained(checkpoint)
+    example = examples[0]
+    result = detector.detect(example["image"], example["phrases"])
+    assert result.labels == example["phrases"]
+    iou = box_iou(result.boxes, [example["targets"][0]["bbox"]])
+    assert iou.max() > 0.8
+
+
+def test_lora_run_saves_adapter_and_merges(tmp_path, test_tokenizer):
+    from rexomni.api import RexOmni
+    from rexomni.modeling import build_model
+    from rexomni.tokens import prepare_tokenizer
+
+    config = load_config(TINY_YAML, tiny_overrides(
+        tmp_path, max_steps=5, lora_r=4, lora_alpha=8, lora_dropout=0.0, freeze_vision=True, freeze_merger=True,
+        learning_rate=1e-2))
+    run_sft(config)
+    assert os.path.isfile(tmp_path / "adapter" / "adapter_config.json")
+    assert os.path.isfile(tmp_path / "adapter" / "adapter_model.safetensors")
+    merged = load_file(str(tmp_path / "model.safetensors"))
+    assert not any("lora" in k for k in merged), "the merged model holds plain weights only"
+    build_model("tiny", test_tokenizer, seed=config.seed).save_pretrained(str(tmp_path / "initial"))
+    initial = load_file(str(tmp_path / "initial" / "model.safetensors"))  # the same key layout as saved
+
+    def changed(key):
+        return not torch.allclose(merged[key], initial[key])
+
+    q_proj = next(k for k in merged if k.startswith("model.layers.") and k.endswith("q_proj.weight"))
+    vision = next(k for k in merged if k.startswith("visual.blocks.") and k.endswith("weight"))
+    embed = next(k for k in merged if k.endswith("embed_tokens.weight"))
+    assert changed(q_proj), "LoRA deltas are merged into the projections"
+    assert not changed(vision), "the frozen vision tower is untouched"
+    coords = prepare_tokenizer(test_tokenizer).coords
+    rows_changed = (merged[embed] != initial[embed]).any(1)
+    assert rows_changed[coords].any(), "new token rows train under LoRA"
+    assert not rows_changed[: min(coords)].any(), "the other embedding rows stay frozen"
+    detector = RexOmni.from_pretrained(str(tmp_path))
+    assert detector.settings.coord_codec == "center"
+    assert np.isfinite(detector.detect(np.zeros((112, 112, 3), np.uint8), ["red circle"]).scores).all()
