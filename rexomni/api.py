@@ -248,6 +248,8 @@ class RexOmni:
         self.backend = backend
         self.device = device
         self.name = name
+        coord_ids = self.tokenizer.convert_tokens_to_ids(coord_tokens(settings.num_bins))
+        self._coord_bin = {tid: b for b, tid in enumerate(coord_ids)}
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -421,6 +423,8 @@ class RexOmni:
                                                   add_generation_prompt=True, tokenize=False)
 
     def _generation_settings(self, max_new_tokens, generate_kwargs) -> dict:
+        if generate_kwargs.get("num_return_sequences", 1) != 1 or generate_kwargs.get("num_beams", 1) != 1:
+            raise ValueError("one answer per image: repeat an image in the list to get several samples of it")
         settings = {"max_new_tokens": DEFAULT_MAX_NEW_TOKENS, "repetition_penalty": 1.0,
                     **self.settings.generation}
         if max_new_tokens is not None:
@@ -494,11 +498,9 @@ class RexOmni:
         ids = generated.tolist()
         text = decode_answer(self.tokenizer, ids)
         parsed = parse_output(text, request["width"], request["height"], self.codec)
-        coord_bin = self._coord_bins()
         coord_logprobs = []
-        stop = _answer_length(self.tokenizer, ids)
-        for pos in range(stop):
-            b = coord_bin.get(ids[pos])
+        for pos in range(_answer_length(self.tokenizer, ids)):
+            b = self._coord_bin.get(ids[pos])
             if b is not None:
                 lp = float(logprobs[pos]) if logprobs is not None else float("nan")
                 coord_logprobs.append((b, lp))
@@ -508,12 +510,6 @@ class RexOmni:
         result.num_prompt_tokens = num_prompt_tokens
         result.num_generated_tokens = _generated_length(self.tokenizer, ids)
         return result
-
-    def _coord_bins(self) -> dict[int, int]:
-        if not hasattr(self, "_coord_bin_cache"):
-            ids = self.tokenizer.convert_tokens_to_ids(coord_tokens(self.settings.num_bins))
-            self._coord_bin_cache = {tid: b for b, tid in enumerate(ids)}
-        return self._coord_bin_cache
 
 
 def _answer_length(tokenizer, ids: list[int]) -> int:

@@ -284,13 +284,16 @@ class GrammarConstrainedLogitsProcessor(LogitsProcessor):
             for i, tok in enumerate(input_ids[:, -1].tolist()):
                 self._advance(i, tok)
         remaining = self.max_new_tokens - (input_ids.shape[1] - self.prompt_length)
-        masked = torch.full_like(scores, float("-inf"))
+        # Row by row and in place: one (batch x vocab) fill is split across threads by torch, which
+        # costs far more than the work on a busy CPU; a row stays on one thread.
         for i in range(batch):
             allowed = self._allowed(i, remaining)
             index = allowed if isinstance(allowed, torch.Tensor) else torch.tensor(allowed, dtype=torch.long)
             index = index.to(scores.device)
-            masked[i, index] = scores[i, index]
-        return masked
+            kept = scores[i, index]
+            scores[i].fill_(float("-inf"))
+            scores[i, index] = kept
+        return scores
 
 
 def _prune(node: dict, used: set) -> dict:

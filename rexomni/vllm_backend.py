@@ -124,8 +124,6 @@ class VLLMDetector(RexOmni):
         timing = {"preprocess_s": t1 - t0, "generate_s": t2 - t1, "postprocess_s": t3 - t2}
         for r in results:
             r.timing, r.seconds = dict(timing), (t3 - t0) / max(1, len(results))
-            if kwargs.get("scores", True) is False:
-                r.scores[:] = float("nan")
         return results
 
     @staticmethod

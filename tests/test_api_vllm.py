@@ -59,7 +59,7 @@ def test_requests_carry_the_same_prompt_image_and_released_settings(vllm_detecto
     assert sampled["temperature"] == 0.8 and sampled["top_p"] == 0.9 and "regex" not in sampled
     assert "logprobs" not in sampled
     with pytest.raises(ValueError, match="does not take"):
-        vllm_detector.build_requests("detection", requests, num_beams=3)
+        vllm_detector.build_requests("detection", requests, length_penalty=2.0)
 
 
 def test_grammar_regex_accepts_the_grammar_and_nothing_else():
