@@ -88,3 +88,15 @@ def test_draw_result_marks_boxes_points_polygons_and_skeletons():
                     boxes=np.array([[5, 5, 110, 95]], np.float32), keypoints=[joints])
     drawn = np.asarray(draw_result(image, person))
     assert tuple(drawn[50, 30]) == label_color("person")  # the limb between shoulder and elbow
+
+
+def test_model_init_takes_a_tokenizer_folder(tmp_path):
+    from transformers import AutoTokenizer
+
+    from rexomni.testing import build_base_tokenizer
+
+    build_base_tokenizer().save_pretrained(str(tmp_path / "tok"))
+    folder = str(tmp_path / "model")
+    assert main(["model", "init", "--preset", "tiny", "--out", folder, "--tokenizer", str(tmp_path / "tok")]) == 0
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert "<999>" in tokenizer.get_vocab() and "<|neg_ref_start|>" in tokenizer.get_vocab()
