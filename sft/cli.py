@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
             config_path = arg.split("=", 1)[1]
         elif arg in ("--dry-run", "--dry_run"):
             dry_run = True
+        elif arg.startswith(("--local_rank", "--local-rank")):
+            # The DeepSpeed launcher appends --local_rank=N; LOCAL_RANK in the environment says the same.
+            i += 1 if "=" in arg else 2
+            continue
         else:
             rest.append(arg)
         i += 1

@@ -351,8 +351,12 @@ def save_final(trainer: RexOmniSFTTrainer, config: SFTConfig) -> str:
 
 def run_sft(config: SFTConfig) -> dict[str, Any]:
     """Train as ``config`` says; returns the final train metrics and the held-out history."""
-    args = training_arguments(config)  # first: ZeRO-3 must be configured before the model is built
-    bundle = load_model(config)
+    if config.preset:  # a small random model: built whole, DeepSpeed partitions it later
+        bundle = load_model(config)
+        args = training_arguments(config)
+    else:  # a checkpoint: ZeRO-3 must be configured first so that loading partitions the weights
+        args = training_arguments(config)
+        bundle = load_model(config)
     model = prepare_model(bundle, config)
     encoder = ExampleEncoder(bundle.processor, config.system_prompt, config.max_length)
     train_set, heldout = build_datasets(config, encoder)

@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_YAML = os.path.join(REPO, "sft", "configs", "tiny.yaml")
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Train with one torch thread: steadier on a shared 2-core machine (two OpenMP threads fighting
+    other jobs for the cores slow down by an order of magnitude); the previous count is restored."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def single_object_data(size: int = 112, seed: int = 0) -> dict:
@@ -36,3 +51,9 @@ def cli_args(overrides: dict) -> list[str]:
             text = text.rsplit("...", 1)[0].strip()
         args += [f"--{key}", text]
     return args
+
+
+def logit_l2_loss(model, inputs, outputs, labels):
+    """An extra loss for the hook test: a small penalty on the logits, logged under its own name."""
+    value = outputs.logits.float().pow(2).mean() * 1e-3
+    return value, {"extra/logit_l2": float(value.detach())}

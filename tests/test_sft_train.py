@@ -4,6 +4,7 @@ checkpoint serves `RexOmni.detect`, LoRA saves and merges, dry runs of every shi
 from __future__ import annotations
 
 import glob
+import json
 import os
 
 import numpy as np
@@ -13,7 +14,7 @@ from rexomni.sft import cli
 from rexomni.sft.config import load_config
 from rexomni.sft.trainer import build_datasets, run_sft
 from safetensors.torch import load_file
-from sft_helpers import REPO, TINY_YAML, tiny_overrides
+from sft_helpers import REPO, TINY_YAML, one_thread, tiny_overrides
 
 SHIPPED = sorted(glob.glob(os.path.join(REPO, "sft", "configs", "*.yaml")))
 
@@ -46,7 +47,8 @@ def memorised(tmp_path_factory):
     config = load_config(TINY_YAML, tiny_overrides(
         out, train_examples=8, cache_examples=True, per_device_train_batch_size=8, max_steps=120,
         save_steps=60, eval_examples=0, logging_steps=20))
-    result = run_sft(config)
+    with one_thread():
+        result = run_sft(config)
     train_set, _ = build_datasets(config, None)
     return config, result, [train_set.example(i) for i in range(8)]
 
@@ -83,15 +85,19 @@ def test_checkpoint_folder_serves_detect(memorised):
     assert iou.max() > 0.8
 
 
-def test_lora_run_saves_adapter_and_merges(tmp_path, test_tokenizer):
+def test_lora_run_saves_adapter_and_merges_with_extra_loss(tmp_path, test_tokenizer):
     from rexomni.api import RexOmni
     from rexomni.modeling import build_model
     from rexomni.tokens import prepare_tokenizer
 
     config = load_config(TINY_YAML, tiny_overrides(
         tmp_path, max_steps=5, lora_r=4, lora_alpha=8, lora_dropout=0.0, freeze_vision=True, freeze_merger=True,
-        learning_rate=1e-2))
-    run_sft(config)
+        learning_rate=1e-2, save_steps=5, extra_loss="sft_helpers:logit_l2_loss"))
+    with one_thread():
+        run_sft(config)
+    with open(tmp_path / "checkpoint-5" / "trainer_state.json") as f:
+        logged = [h for h in json.load(f)["log_history"] if "extra/logit_l2" in h]
+    assert logged and all(h["extra/logit_l2"] > 0 for h in logged), "the extra loss ran and was logged"
     assert os.path.isfile(tmp_path / "adapter" / "adapter_config.json")
     assert os.path.isfile(tmp_path / "adapter" / "adapter_model.safetensors")
     merged = load_file(str(tmp_path / "model.safetensors"))
