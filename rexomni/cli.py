@@ -16,7 +16,6 @@ EXTERNAL_COMMANDS = {
     "data": ("rexomni.data_engines.cli", "generate synthetic scenes, convert and mix data sets"),
     "eval": ("rexomni.eval.cli", "score a model or a predictions file on benchmarks"),
     "sft": ("rexomni.sft.cli", "supervised fine-tuning"),
-    "grpo": ("rexomni.grpo.cli", "reinforcement learning with geometry-aware rewards"),
 }
 
 # subcommand -> ("module" with main(argv) or "module:function", one-line help) for the core's commands
