@@ -61,7 +61,8 @@ def main() -> None:
     base_s = time.perf_counter() - start
     assert parsed_boxes == base_boxes
     print(
-        f"parser: {args.answers} answers, {parsed_boxes} boxes in {parse_s:.2f} s = {parsed_boxes / parse_s:,.0f} boxes/s"
+        f"parser: {args.answers} answers, {parsed_boxes} boxes in {parse_s:.2f} s "
+        f"= {parsed_boxes / parse_s:,.0f} boxes/s"
     )
     print(
         f"regex-only baseline: {base_boxes / base_s:,.0f} boxes/s; parser / baseline time ratio {parse_s / base_s:.1f}x"
