@@ -2,7 +2,7 @@
 
 Presets:
 
-- ``tiny``  (about 1.3M parameters with the test tokenizer): tests, CI.
+- ``tiny``  (about 1.1M parameters with the test tokenizer): tests, CI.
 - ``small`` (about 5M): demos and from-scratch training on a CPU.
 - ``3b``    the shape of Qwen2.5-VL-3B-Instruct; build it on the meta device to inspect shapes.
 
