@@ -55,6 +55,7 @@ def __getattr__(name):
         return value
     raise AttributeError(f"module 'rexomni' has no attribute {name!r}")
 
+
 __all__ = [*_LAZY,
     "ANIMAL_KEYPOINTS", "CODECS", "CoordCodec", "HAND_KEYPOINTS", "Item", "KEYPOINT_NAMES", "PERSON_KEYPOINTS",
     "ParsedOutput", "SYSTEM_PROMPT", "TASKS", "TEMPLATES", "TRAIN_POOLS", "TokenIds", "build_messages",
