@@ -99,13 +99,13 @@ def grow_embeddings(
 
     Rows at the ids of newly added tokens are initialised, never left random: coordinate rows from
     the mean embedding plus (``ordinal_init``) a smooth sinusoidal component of the bin index, so
-    neighbouring bins start close together; negative tokens from the marker they mirror. Returns
-    the number of rows afterwards.
+    neighbouring bins start close together; negative tokens from the marker they mirror. Works on
+    matrices that DeepSpeed ZeRO-3 has partitioned (they are gathered for the initialisation).
+    Returns the number of rows afterwards.
     """
     import torch
 
-    embed = model.get_input_embeddings()
-    old_rows = embed.weight.shape[0]
+    old_rows = _rows(model.get_input_embeddings().weight)
     needed = max(len(tokenizer), old_rows)
     rows = math.ceil(needed / pad_to_multiple_of) * pad_to_multiple_of
     if rows > old_rows:
@@ -118,11 +118,10 @@ def grow_embeddings(
     # Statistics come from the rows of tokens that existed before this call.
     known = sorted(set(range(min(old_rows, len(tokenizer)))) - {tid for _, tid in new_coord + new_neg})
     generator = torch.Generator().manual_seed(seed)
-    matrices = [model.get_input_embeddings().weight]
+    embed = model.get_input_embeddings().weight
     head = model.get_output_embeddings()
-    if head is not None and head.weight.data_ptr() != matrices[0].data_ptr():
-        matrices.append(head.weight)
-    with torch.no_grad():
+    matrices = [embed] if head is None or head.weight is embed else [embed, head.weight]
+    with _gathered(matrices), torch.no_grad():
         for weight in matrices:
             base = weight[known].float()
             mean, std = base.mean(0), base.std(0).mean().clamp_min(1e-6)
@@ -138,6 +137,24 @@ def grow_embeddings(
                 noise = torch.randn(weight.shape[1], generator=generator) * 0.02 * std
                 weight[tid] = (src + noise).to(weight.dtype)
     return rows
+
+
+def _rows(weight) -> int:
+    """Rows of an embedding matrix, also when DeepSpeed ZeRO-3 has partitioned it (local shape empty)."""
+    return getattr(weight, "ds_shape", weight.shape)[0]
+
+
+def _gathered(params):
+    """The full matrices while the new rows are written: ZeRO-3 partitions them, so gather them
+    (rank 0's writes are scattered back); a no-op for ordinary tensors."""
+    import contextlib
+
+    partitioned = [p for p in params if hasattr(p, "ds_id")]
+    if not partitioned:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0)
 
 
 def ordinal_features(position, dim: int):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,29 +118,10 @@ def load_model(config: SFTConfig) -> ModelBundle:
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             path, dtype=dtype, attn_implementation=resolve_attn(config), use_safetensors=True)
         if kind == "base" or token_ids.added:
-            _grow_embeddings(model, tokenizer, token_ids)
+            grow_embeddings(model, tokenizer, token_ids)  # also under ZeRO-3 (gathers the matrices)
     processor = make_processor(tokenizer, settings.min_pixels, settings.max_pixels)
     new_ids = list(token_ids.coords) + list(token_ids.negatives.values())
     return ModelBundle(model, processor, settings, list(token_ids.coords), new_ids)
-
-
-def _grow_embeddings(model, tokenizer, token_ids) -> None:
-    """The core's :func:`grow_embeddings`, also under ZeRO-3, where the embedding is partitioned:
-    resize first (transformers gathers for that), then initialise the new rows with the full
-    matrices gathered."""
-    from transformers.integrations import is_deepspeed_zero3_enabled
-
-    if not is_deepspeed_zero3_enabled():
-        grow_embeddings(model, tokenizer, token_ids)
-        return
-    import deepspeed
-
-    weight = model.get_input_embeddings().weight
-    rows = math.ceil(max(len(tokenizer), getattr(weight, "ds_shape", weight.shape)[0]) / 64) * 64
-    model.resize_token_embeddings(rows, mean_resizing=False)
-    params = [model.get_input_embeddings().weight, model.get_output_embeddings().weight]
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
-        grow_embeddings(model, tokenizer, token_ids)
 
 
 def apply_freezing(model, config: SFTConfig) -> None:

@@ -103,3 +103,60 @@ def test_decode_answer_gives_the_same_parse(test_tokenizer):
         "red box": [[10.05, 20.05, 60.05, 70.05]],
         "dog": [],
     }
+
+
+ZERO3_SCRIPT = """
+import os, torch, deepspeed
+from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers.integrations import HfDeepSpeedConfig
+from rexomni import grow_embeddings, prepare_tokenizer
+from rexomni.sft.trainer import _disable_deepspeed_cpu_shm
+from rexomni.testing import build_test_tokenizer
+
+_disable_deepspeed_cpu_shm()
+deepspeed.init_distributed(dist_backend="gloo")
+tokenizer = build_test_tokenizer(num_bins=10)
+ds_config = {"train_batch_size": 1, "zero_optimization": {"stage": 3}}
+hf_ds_config = HfDeepSpeedConfig(ds_config)  # tells transformers' resize that weights are partitioned
+config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                     num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)
+with deepspeed.zero.Init(config_dict_or_path=ds_config):
+    model = Qwen2ForCausalLM(config)
+assert model.get_input_embeddings().weight.numel() == 0  # partitioned away
+ids = prepare_tokenizer(tokenizer)
+rows = grow_embeddings(model, tokenizer, ids)
+params = [model.get_input_embeddings().weight, model.get_output_embeddings().weight]
+with deepspeed.zero.GatheredParameters(params):
+    for weight in params:
+        coords = weight[ids.coords].detach()
+        near = (coords[100:899] - coords[101:900]).norm(dim=1).mean()
+        far = (coords[100:599] - coords[500:999]).norm(dim=1).mean()
+        assert weight.shape[0] == rows and torch.isfinite(weight).all() and near < 0.25 * far, (rows, near, far)
+print("ok", rows)
+"""
+
+
+def test_grow_embeddings_under_zero3_partitioning(tmp_path):
+    """DeepSpeed ZeRO-3 partitions the embedding matrices (their local shape is empty): the new rows
+    must still be initialised, on the gathered matrices. Its own process: it starts a process group."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(
+        os.environ,
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_RANK="0",
+        OMP_NUM_THREADS="1",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", ZERO3_SCRIPT], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
