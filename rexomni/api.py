@@ -585,11 +585,9 @@ def _settings_file(path: str) -> str | None:
     if os.path.isdir(path):
         candidate = os.path.join(path, SETTINGS_FILE)
         return candidate if os.path.isfile(candidate) else None
-    try:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError
-    except ImportError:
-        return None
+    from huggingface_hub import hf_hub_download  # a transformers dependency
+    from huggingface_hub.errors import EntryNotFoundError
+
     try:
         return hf_hub_download(path, SETTINGS_FILE)
     except EntryNotFoundError:
