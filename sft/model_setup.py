@@ -193,13 +193,13 @@ def parameter_groups(model, config: SFTConfig) -> list[dict]:
 
 
 def count_by_part(model) -> dict[str, tuple[int, int]]:
-    """part -> (parameters, trainable parameters)."""
+    """part -> (parameters, trainable parameters); full sizes also for ZeRO-3 partitioned parameters."""
     out = {p: [0, 0] for p in PARTS}
     for name, param in model.named_parameters():
-        part = part_of(name)
-        out[part][0] += param.numel()
+        part, numel = part_of(name), getattr(param, "ds_numel", param.numel())
+        out[part][0] += numel
         if param.requires_grad:
-            out[part][1] += param.numel()
+            out[part][1] += numel
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 

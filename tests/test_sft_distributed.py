@@ -1,9 +1,12 @@
-"""SFT as separate processes: exact resume after SIGKILL, and two "nodes" on 127.0.0.1 (gloo)
-training with DeepSpeed ZeRO-2 through the Trainer."""
+"""SFT as separate processes: exact resume after SIGKILL, two "nodes" on 127.0.0.1 (gloo) training
+with DeepSpeed ZeRO-2 through the Trainer, and ZeRO-3 through the single-node launcher (from the tiny
+preset and from a plain Qwen2.5-VL base folder)."""
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -108,14 +111,81 @@ def test_single_node_launcher_zero3_saves_a_loadable_model(tmp_path):
     out = tmp_path / "zero3"
     overrides = tiny_overrides(out, max_steps=2, save_steps=2, per_device_train_batch_size=2,
                                deepspeed=os.path.join(REPO, "sft", "configs", "ds_zero3.json"))
-    env = quiet_env(NPROC="1", PYTHON=sys.executable, MASTER_PORT=str(free_port()))
-    proc = subprocess.run(["bash", os.path.join(REPO, "sft", "launch", "single_node.sh"), TINY_YAML,
-                           *cli_args(overrides)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_single_node(overrides)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert list((out / "checkpoint-2").glob("global_step2/*optim_states.pt")), "a DeepSpeed checkpoint is written"
     detector = RexOmni.from_pretrained(str(out))
     embed = detector.model.get_input_embeddings().weight
     assert embed.shape[0] > 1000 and torch.isfinite(embed).all()
+
+
+def run_single_node(overrides: dict, timeout: int = 300, **env) -> subprocess.CompletedProcess:
+    """tiny.yaml with ``overrides`` through sft/launch/single_node.sh, one process."""
+    env = quiet_env(NPROC="1", PYTHON=sys.executable, MASTER_PORT=str(free_port()), **env)
+    return subprocess.run(["bash", os.path.join(REPO, "sft", "launch", "single_node.sh"), TINY_YAML,
+                           *cli_args(overrides)], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def save_plain_base(folder) -> int:
+    """A tiny random Qwen2.5-VL as a plain base would come: its tokenizer has no coordinate or
+    negative tokens and there is no rexomni_config.json. Returns the embedding rows."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from rexomni.modeling import PRESETS, SETTINGS_FILE, preset_config
+    from rexomni.processing import make_processor
+    from rexomni.testing import build_base_tokenizer
+
+    tokenizer = build_base_tokenizer()
+    assert "<0>" not in tokenizer.get_vocab()
+    config = preset_config("tiny", tokenizer)
+    config.text_config._attn_implementation = config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.save_pretrained(str(folder))
+    spec = PRESETS["tiny"]
+    make_processor(tokenizer, spec["min_pixels"], spec["max_pixels"]).save_pretrained(str(folder))
+    assert not os.path.exists(os.path.join(folder, SETTINGS_FILE))
+    return model.get_input_embeddings().weight.shape[0]
+
+
+def test_zero3_sft_from_a_plain_qwen_base_adds_tokens_and_grows_embeddings(tmp_path):
+    """A checkpoint folder without rexomni_config.json and without <0>..<999>, trained under ZeRO-3:
+    the tokens are added and the (partitioned) embeddings grown at load, and the result loads as a
+    project checkpoint with the 'center' codec."""
+    from transformers import AutoTokenizer
+
+    from rexomni.api import RexOmni
+    from rexomni.tokens import coord_tokens
+
+    base, out = tmp_path / "base", tmp_path / "out"
+    base_rows = save_plain_base(base)
+    # preset "null" unsets tiny.yaml's preset: the model comes from the folder
+    overrides = tiny_overrides(out, preset="null", model_name_or_path=str(base), max_steps=2, save_steps=2,
+                               per_device_train_batch_size=2,
+                               deepspeed=os.path.join(REPO, "sft", "configs", "ds_zero3.json"))
+    proc = run_single_node(overrides, TRANSFORMERS_VERBOSITY="info")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "a plain Qwen2.5-VL base" in proc.stderr, "the folder was taken for a plain base"
+    assert "activating zero.init() for this model" in proc.stderr, "ZeRO-3 partitions the weights as they load"
+    assert list((out / "checkpoint-2").glob("global_step2/*optim_states.pt")), "DeepSpeed ran"
+    counts = ast.literal_eval(re.search(r"trainable parameters by part \(total, trainable\): (\{.*\})",
+                                        proc.stderr).group(1))
+    assert all(total > 0 for total, _ in counts.values()), f"full sizes of ZeRO-3 partitioned parameters: {counts}"
+
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    vocab = tokenizer.get_vocab()
+    assert all(t in vocab for t in coord_tokens()), "the saved tokenizer has <0>..<999>"
+    coords = [vocab[t] for t in coord_tokens()]
+    detector = RexOmni.from_pretrained(str(out))
+    assert detector.settings.coord_codec == "center"
+    embed = detector.model.get_input_embeddings().weight.detach()
+    assert embed.shape[0] > base_rows and embed.shape[0] % 64 == 0 and embed.shape[0] >= len(tokenizer)
+    rows = embed[coords]
+    assert torch.isfinite(rows).all()
+    assert (rows[1:] != rows[0]).any(1).all(), "the coordinate rows are not one copied vector"
+    near, far = (rows[1:] - rows[:-1]).norm(dim=1).mean(), (rows[500:] - rows[:500]).norm(dim=1).mean()
+    assert near < 0.2 * far, "the ordinal init reached the partitioned matrix (random rows: near ~ far)"
+    assert detector.model.get_output_embeddings().weight.shape[0] == embed.shape[0], "lm_head grew too"
 
 
 def test_launchers_are_valid_shell_and_use_the_sft_entry():
