@@ -1,6 +1,6 @@
 """SFT as separate processes: exact resume after SIGKILL, two "nodes" on 127.0.0.1 (gloo) training
-with DeepSpeed ZeRO-2 through the Trainer, and ZeRO-3 through the single-node launcher (from the tiny
-preset and from a plain Qwen2.5-VL base folder)."""
+with DeepSpeed ZeRO-2 through the Trainer, ZeRO-3 through the single-node launcher (from the tiny
+preset and from a plain Qwen2.5-VL base folder), and LoRA under ZeRO-2."""
 
 from __future__ import annotations
 
@@ -186,6 +186,50 @@ def test_zero3_sft_from_a_plain_qwen_base_adds_tokens_and_grows_embeddings(tmp_p
     near, far = (rows[1:] - rows[:-1]).norm(dim=1).mean(), (rows[500:] - rows[:500]).norm(dim=1).mean()
     assert near < 0.2 * far, "the ordinal init reached the partitioned matrix (random rows: near ~ far)"
     assert detector.model.get_output_embeddings().weight.shape[0] == embed.shape[0], "lm_head grew too"
+
+
+def test_lora_under_zero2_saves_adapter_and_a_loadable_merged_model(tmp_path, test_tokenizer):
+    """LoRA (PEFT) on the tiny preset under ds_zero2.json through single_node.sh: the adapter is
+    saved, and the merged model in output_dir loads and carries the trained deltas."""
+    from rexomni.api import RexOmni
+    from rexomni.modeling import build_model
+    from rexomni.tokens import prepare_tokenizer
+
+    out = tmp_path / "lora_zero2"
+    overrides = tiny_overrides(out, max_steps=3, save_steps=3, per_device_train_batch_size=2, lora_r=4,
+                               lora_alpha=8, lora_dropout=0.0, freeze_vision=True, freeze_merger=True,
+                               learning_rate=1e-2, deepspeed=os.path.join(REPO, "sft", "configs", "ds_zero2.json"))
+    proc = run_single_node(overrides)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert list((out / "checkpoint-3").glob("global_step3/*optim_states.pt")), "DeepSpeed ran"
+    assert os.path.isfile(out / "adapter" / "adapter_config.json")
+    assert os.path.isfile(out / "adapter" / "adapter_model.safetensors")
+
+    merged = weights(out)
+    assert not any("lora" in k for k in merged), "the merged model holds plain weights only"
+    build_model("tiny", test_tokenizer, seed=0).save_pretrained(str(tmp_path / "initial"))
+    initial = weights(tmp_path / "initial")
+    assert merged.keys() == initial.keys()
+    q_proj = next(k for k in merged if k.startswith("model.layers.") and k.endswith("q_proj.weight"))
+    vision = next(k for k in merged if k.startswith("visual.blocks.") and k.endswith("weight"))
+    embed = next(k for k in merged if k.endswith("embed_tokens.weight"))
+    assert not torch.allclose(merged[q_proj], initial[q_proj]), "LoRA deltas are merged into the projections"
+    assert torch.equal(merged[vision], initial[vision]), "the frozen vision tower is untouched"
+    coords = prepare_tokenizer(test_tokenizer).coords
+    rows_changed = (merged[embed] != initial[embed]).any(1)
+    assert rows_changed[coords].any(), "new token rows train under LoRA"
+    assert not rows_changed[: min(coords)].any(), "the other embedding rows stay frozen"
+    detector = RexOmni.from_pretrained(str(out))
+    assert detector.settings.coord_codec == "center"
+    assert all(torch.isfinite(p).all() for p in detector.model.parameters())
+
+    # The adapter alone, put on the initial model and merged, gives the same weights.
+    from peft import PeftModel
+
+    again = PeftModel.from_pretrained(build_model("tiny", test_tokenizer, seed=0), str(out / "adapter"))
+    again.merge_and_unload().save_pretrained(str(tmp_path / "again"))
+    for key, value in weights(tmp_path / "again").items():
+        torch.testing.assert_close(value, merged[key], msg=lambda m, key=key: f"{key}: {m}")
 
 
 def test_launchers_are_valid_shell_and_use_the_sft_entry():
