@@ -74,7 +74,8 @@ class _Placed:
 
 def generate_scene(seed_or_rng: int | random.Random | None = None, size: int | Sequence[int] = 224,
                    mode: str = "shapes", *, kinds: Sequence[str] = TRAIN_KINDS,
-                   colors: Sequence[str] | None = None, num_objects: tuple[int, int] | None = None,
+                   colors: Sequence[str] | None = None, sizes: Sequence[str] | None = None,
+                   num_objects: tuple[int, int] | None = None,
                    granularity: str | None = None, negative_prob: float = 0.0,
                    masks: bool = True) -> tuple[Image.Image, dict]:
     """Draw one scene; returns ``(image, sample)``. Same seed, same scene.
@@ -82,21 +83,25 @@ def generate_scene(seed_or_rng: int | random.Random | None = None, size: int | S
     ``granularity`` (shapes/single) names objects by ``kind``, ``color kind`` or ``size color kind``
     (drawn per scene when None); every object of a scene uses the same granularity, so a phrase's
     objects are exactly those matching it. ``negative_prob`` is the chance of turning one present
-    distractor phrase into a negative (conditioning) phrase with its boxes. ``masks=False`` skips
-    the RLE masks (points are still computed).
+    distractor phrase into a negative (conditioning) phrase with its boxes. ``sizes`` (shapes/single)
+    restricts the size classes of :data:`SIZES`. ``masks=False`` skips the RLE masks (points are
+    still computed).
     """
     unknown = [k for k in kinds if k not in _SHAPES]
     if unknown:
         raise ValueError(f"unknown shape kinds {unknown}; known: {sorted(_SHAPES)}")
+    sizes = tuple(sizes or SIZES)
+    if not sizes or any(s not in SIZES for s in sizes):
+        raise ValueError(f"sizes must name size classes among {list(SIZES)}, got {list(sizes)}")
     colors = list(colors or COLORS)
     scene = _start_scene(seed_or_rng, size, mode)
     rng, width, height = scene.rng, scene.width, scene.height
     if mode == "single":
-        scene.shapes(kinds, colors, num_objects or (1, 3), textures=False, sizes=("small", "medium", "large"))
+        scene.shapes(kinds, colors, num_objects or (1, 3), textures=False, sizes=sizes)
         granularity = granularity or "color kind"
         sample = scene.shape_sample(granularity, referring=False)
     elif mode == "shapes":
-        scene.shapes(kinds, colors, num_objects or (2, 8), textures=True, sizes=tuple(SIZES), distractors=True)
+        scene.shapes(kinds, colors, num_objects or (2, 8), textures=True, sizes=sizes, distractors=True)
         granularity = granularity or rng.choice(("kind", "color kind", "color kind", "size color kind"))
         sample = scene.shape_sample(granularity, referring=True, negative_prob=negative_prob)
     elif mode == "ocr":

@@ -130,3 +130,12 @@ def test_bad_options_are_named():
         generate_scene(0, mode="video")
     with pytest.raises(ValueError, match="kinds"):
         generate_scene(0, kinds=["dodecahedron"])
+    with pytest.raises(ValueError, match="sizes"):
+        generate_scene(0, sizes=["huge"])
+
+
+@pytest.mark.parametrize("mode", ["single", "shapes"])
+def test_sizes_restrict_the_size_classes(mode):
+    drawn = {o["attributes"]["size"] for s in range(30)
+             for o in generate_scene(s, 112, mode, sizes=["large"], masks=False)[1]["objects"]}
+    assert drawn == {"large"}
