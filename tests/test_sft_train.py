@@ -120,3 +120,39 @@ def test_lora_run_saves_adapter_and_merges_with_extra_loss(tmp_path, test_tokeni
     detector = RexOmni.from_pretrained(str(tmp_path))
     assert detector.settings.coord_codec == "center"
     assert np.isfinite(detector.detect(np.zeros((112, 112, 3), np.uint8), ["red circle"]).scores).all()
+
+
+def test_trainer_takes_the_steps_of_a_plain_adamw_loop(tmp_path):
+    """The Trainer path hides nothing: its weights after a few steps equal those of a plain PyTorch
+    loop (same model, batches, AdamW, clipping). A learning gap is then the task's, not the trainer's."""
+    from rexomni.sft.data import ExampleEncoder, SFTCollator
+    from rexomni.sft.losses import CausalLMLoss
+    from rexomni.sft.model_setup import load_model, prepare_model
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    steps, batch = 4, 4
+    config = load_config(TINY_YAML, tiny_overrides(tmp_path / "trainer", max_steps=steps, max_grad_norm=0.5,
+                                                   per_device_train_batch_size=batch))
+    with one_thread():
+        bundle = load_model(config)
+        model = prepare_model(bundle, config)
+        initial = {k: v.clone() for k, v in model.state_dict().items()}
+        encoder = ExampleEncoder(bundle.processor, config.system_prompt, config.max_length)
+        train_set, _ = build_datasets(config, encoder)
+        collate, loss_fn = SFTCollator(encoder.pad_id, encoder.image_token_id), CausalLMLoss()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
+        for step in range(steps):
+            inputs = collate([train_set[i] for i in range(step * batch, (step + 1) * batch)])
+            labels = inputs.pop("labels")
+            optimizer.zero_grad()
+            loss_fn(model(**inputs).logits, labels).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+        run_sft(config)
+    trained = Qwen2_5_VLForConditionalGeneration.from_pretrained(config.output_dir).state_dict()
+    by_hand = model.state_dict()
+    assert by_hand.keys() == trained.keys()
+    moved = [k for k in by_hand if not torch.equal(by_hand[k], initial[k])]
+    assert len(moved) > len(by_hand) // 2, "the loop must actually train"
+    for key, value in by_hand.items():
+        torch.testing.assert_close(trained[key], value, rtol=1e-5, atol=1e-6, msg=key)
