@@ -1,15 +1,18 @@
 """Does the tiny model learn (not only memorise) through the project's own SFT path?
 
-    python bench/bench_sft_learning.py [--task one_to_three|single] [--minutes 10] [--seeds 0 1 2]
+    python bench/bench_sft_learning.py [--task one_to_three|single|single_plain] [--minutes 10] [--seeds 0 1 2]
                                        [--settings plain_ce ...] [--heldout 128] [--threads 1]
 
 For each setting and seed: train the tiny preset from random weights with sft/configs/tiny.yaml
 (data engine -> collator -> Trainer) on fresh synthetic scenes for --minutes of training time,
 then generate on held-out scenes (the same for every run) and report F1@0.5 and mean IoU.
-Tasks: ``one_to_three`` (tiny.yaml's data: one to three plain shapes of any size, each prompt asks
-for one present phrase and gets all its boxes) and ``single`` (one large shape of 3 kinds x
-5 colours on a plain or noisy background: the reference's scenes as far as PLATFORM.md describes
-them; the best constant box scores 0.16 mean IoU there, 0.17 on the reference's).
+Tasks:
+- ``one_to_three``: tiny.yaml's data, one to three plain shapes of any size; each prompt asks for
+  one present phrase and gets all its boxes.
+- ``single``: one large shape of 3 kinds x 5 colours on a plain or noisy background, the
+  reference's scenes as far as PLATFORM.md describes them (the best constant box scores 0.16 mean
+  IoU here, 0.17 there).
+- ``single_plain``: the same on plain backgrounds only.
 Settings: plain cross-entropy, and coordinate soft labels (Gaussian over neighbouring bins, with
 the ordinal initialisation of coordinate rows that build_model always applies).
 Reference: a hand-written loop reached 0.956 held-out mean IoU on single-object scenes in 600 s
@@ -28,13 +31,17 @@ from rexomni.sft.config import load_config
 from rexomni.sft.trainer import run_sft
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "sft", "configs", "tiny.yaml")
-TASKS = {
-    "one_to_three": {},
-    "single": {"data": {"seed": 0, "codec": "center", "paraphrase": False, "sources": [{
+
+
+def _single(**synth) -> dict:
+    return {"data": {"seed": 0, "codec": "center", "paraphrase": False, "sources": [{
         "name": "single", "tasks": {"referring": 1},
         "synth": {"mode": "single", "size": 112, "masks": False, "num_objects": [1, 1], "sizes": ["large"],
-                  "kinds": ["square", "circle", "ring"], "colors": ["red", "green", "blue", "yellow", "white"]}}]}},
-}
+                  "kinds": ["square", "circle", "ring"], "colors": ["red", "green", "blue", "yellow", "white"],
+                  **synth}}]}}
+
+
+TASKS = {"one_to_three": {}, "single": _single(), "single_plain": _single(backgrounds=["plain"])}
 SETTINGS = {
     "plain_ce": {},
     "soft_sigma1_w0.5": {"soft_label_sigma": 1.0, "soft_label_weight": 0.5},

@@ -44,6 +44,8 @@ TEXTURES = ("plain", "striped", "dotted", "checkered")
 # "small" and "large" unambiguous to the eye.
 SIZES = {"small": (0.09, 0.13), "medium": (0.17, 0.22), "large": (0.27, 0.34)}
 BACKGROUNDS = ("plain", "noise", "gradient", "stripes", "clutter")
+_MODE_BACKGROUNDS = {"single": ("plain", "noise"), "shapes": BACKGROUNDS, "ocr": ("plain", "noise", "gradient"),
+                     "keypoints": ("plain", "noise", "gradient", "clutter")}
 WORDS = ("OPEN", "EXIT", "STOP", "SALE", "PUSH", "PULL", "CAFE", "HOTEL", "PARK", "BUS", "TAXI", "MENU",
          "HELP", "INFO", "LOBBY", "PIZZA", "BOOKS", "FRESH", "CLOSED", "ENTER", "RADIO", "MUSIC", "LIGHT",
          "WATER", "NORTH", "SOUTH", "SCHOOL", "BANK", "POST", "ZONE", "FIRE", "DANGER", "GATE", "ROOM", "HALL")
@@ -75,7 +77,7 @@ class _Placed:
 def generate_scene(seed_or_rng: int | random.Random | None = None, size: int | Sequence[int] = 224,
                    mode: str = "shapes", *, kinds: Sequence[str] = TRAIN_KINDS,
                    colors: Sequence[str] | None = None, sizes: Sequence[str] | None = None,
-                   num_objects: tuple[int, int] | None = None,
+                   backgrounds: Sequence[str] | None = None, num_objects: tuple[int, int] | None = None,
                    granularity: str | None = None, negative_prob: float = 0.0,
                    masks: bool = True) -> tuple[Image.Image, dict]:
     """Draw one scene; returns ``(image, sample)``. Same seed, same scene.
@@ -84,7 +86,8 @@ def generate_scene(seed_or_rng: int | random.Random | None = None, size: int | S
     (drawn per scene when None); every object of a scene uses the same granularity, so a phrase's
     objects are exactly those matching it. ``negative_prob`` is the chance of turning one present
     distractor phrase into a negative (conditioning) phrase with its boxes. ``sizes`` (shapes/single)
-    restricts the size classes of :data:`SIZES`. ``masks=False`` skips the RLE masks (points are
+    restricts the size classes of :data:`SIZES` and ``backgrounds`` the background kinds of
+    :data:`BACKGROUNDS` (modes that draw one). ``masks=False`` skips the RLE masks (points are
     still computed).
     """
     unknown = [k for k in kinds if k not in _SHAPES]
@@ -94,7 +97,7 @@ def generate_scene(seed_or_rng: int | random.Random | None = None, size: int | S
     if not sizes or any(s not in SIZES for s in sizes):
         raise ValueError(f"sizes must name size classes among {list(SIZES)}, got {list(sizes)}")
     colors = list(colors or COLORS)
-    scene = _start_scene(seed_or_rng, size, mode)
+    scene = _start_scene(seed_or_rng, size, mode, backgrounds)
     rng, width, height = scene.rng, scene.width, scene.height
     if mode == "single":
         scene.shapes(kinds, colors, num_objects or (1, 3), textures=False, sizes=sizes)
@@ -122,24 +125,25 @@ def generate_scene(seed_or_rng: int | random.Random | None = None, size: int | S
     return scene.image, sample
 
 
-def _start_scene(seed_or_rng, size, mode: str) -> _Scene:
+def _start_scene(seed_or_rng, size, mode: str, backgrounds: Sequence[str] | None = None) -> _Scene:
     """A scene with its background drawn: the first draws of every scene, so replaying them with
     the same seed gives the background without the objects (the negative image engine needs it)."""
     rng = seed_or_rng if isinstance(seed_or_rng, random.Random) else random.Random(seed_or_rng)
     width, height = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     if mode not in MODES:
         raise ValueError(f"unknown synth mode {mode!r}; expected one of {MODES}")
+    if backgrounds is not None and (not backgrounds or any(b not in BACKGROUNDS for b in backgrounds)):
+        raise ValueError(f"backgrounds must name kinds among {list(BACKGROUNDS)}, got {list(backgrounds)}")
     scene = _Scene(rng, width, height)
-    backgrounds = {"single": ("plain", "noise"), "shapes": BACKGROUNDS, "ocr": ("plain", "noise", "gradient"),
-                   "keypoints": ("plain", "noise", "gradient", "clutter")}
-    if mode in backgrounds:
-        scene.background(rng.choice(backgrounds[mode]))
+    if mode in _MODE_BACKGROUNDS:
+        scene.background(rng.choice(tuple(backgrounds or _MODE_BACKGROUNDS[mode])))
     return scene
 
 
-def background_of(seed: int, size: int | Sequence[int] = 224, mode: str = "shapes") -> Image.Image:
-    """The background of scene ``seed`` without its objects."""
-    return _start_scene(seed, size, mode).image
+def background_of(seed: int, size: int | Sequence[int] = 224, mode: str = "shapes",
+                  backgrounds: Sequence[str] | None = None) -> Image.Image:
+    """The background of scene ``seed`` without its objects (``backgrounds`` as the scene was made)."""
+    return _start_scene(seed, size, mode, backgrounds).image
 
 
 def draw_shape(kind: str, color: str, texture: str, side: int, rng: random.Random) -> tuple[Image.Image, Image.Image]:

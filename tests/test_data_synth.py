@@ -5,7 +5,15 @@ import random
 import numpy as np
 import pytest
 from rexomni.data_engines.masks import mask_bbox, rle_decode
-from rexomni.data_engines.synth import COLORS, MODES, OOD_KINDS, RELATIONS, TRAIN_KINDS, generate_scene
+from rexomni.data_engines.synth import (
+    COLORS,
+    MODES,
+    OOD_KINDS,
+    RELATIONS,
+    TRAIN_KINDS,
+    background_of,
+    generate_scene,
+)
 
 
 def test_same_seed_same_scene_other_seed_other_scene():
@@ -132,6 +140,8 @@ def test_bad_options_are_named():
         generate_scene(0, kinds=["dodecahedron"])
     with pytest.raises(ValueError, match="sizes"):
         generate_scene(0, sizes=["huge"])
+    with pytest.raises(ValueError, match="backgrounds"):
+        generate_scene(0, backgrounds=["sky"])
 
 
 @pytest.mark.parametrize("mode", ["single", "shapes"])
@@ -139,3 +149,11 @@ def test_sizes_restrict_the_size_classes(mode):
     drawn = {o["attributes"]["size"] for s in range(30)
              for o in generate_scene(s, 112, mode, sizes=["large"], masks=False)[1]["objects"]}
     assert drawn == {"large"}
+
+
+def test_backgrounds_restrict_the_background_kind():
+    for seed in range(10):
+        image, _ = generate_scene(seed, 64, "single", backgrounds=["plain"], masks=False)
+        background = np.asarray(background_of(seed, 64, "single", backgrounds=["plain"]))
+        assert len(np.unique(background.reshape(-1, 3), axis=0)) == 1, "a plain background is one colour"
+        assert (np.asarray(image) != background).any(), "the objects are drawn on it"
