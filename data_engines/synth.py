@@ -93,9 +93,9 @@ def generate_scene(seed_or_rng: int | random.Random | None = None, size: int | S
     unknown = [k for k in kinds if k not in _SHAPES]
     if unknown:
         raise ValueError(f"unknown shape kinds {unknown}; known: {sorted(_SHAPES)}")
-    sizes = tuple(sizes or SIZES)
-    if not sizes or any(s not in SIZES for s in sizes):
+    if sizes is not None and (not sizes or any(s not in SIZES for s in sizes)):
         raise ValueError(f"sizes must name size classes among {list(SIZES)}, got {list(sizes)}")
+    sizes = tuple(sizes or SIZES)
     colors = list(colors or COLORS)
     scene = _start_scene(seed_or_rng, size, mode, backgrounds)
     rng, width, height = scene.rng, scene.width, scene.height

@@ -140,6 +140,8 @@ def test_bad_options_are_named():
         generate_scene(0, kinds=["dodecahedron"])
     with pytest.raises(ValueError, match="sizes"):
         generate_scene(0, sizes=["huge"])
+    with pytest.raises(ValueError, match="sizes"):
+        generate_scene(0, sizes=[])
     with pytest.raises(ValueError, match="backgrounds"):
         generate_scene(0, backgrounds=["sky"])
 
