@@ -4,8 +4,8 @@
     python bench/probe_learning.py scenes [--sizes medium large] [--rope-theta 1e6] [--mrope-section 4 6 6]
 
 Both train the tiny preset from random weights with a plain PyTorch loop (AdamW, constant learning
-rate, batch 16, no clipping) on the project's encoder, collator and loss (the loop the Trainer is
-tested to equal: tests/test_sft_train.py) and, every ``--eval-every`` steps, generate on 64
+rate, batch 16, no clipping) on the project's encoder, collator and loss (tests/test_sft_train.py
+shows the Trainer takes exactly the steps of such a loop) and, every ``--eval-every`` steps, generate on 64
 held-out images and print mean IoU, F1@0.5 and the spread of the predicted box centres against
 the true spread: a predicted spread near 0 means the model writes one constant box and ignores
 the image.
