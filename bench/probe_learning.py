@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import time
 
@@ -39,7 +40,7 @@ from rexomni.grammar import format_answer, parse_output
 from rexomni.modeling import PRESETS
 from rexomni.prompts import build_prompt
 
-TINY_YAML = "sft/configs/tiny.yaml"
+TINY_YAML = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "sft", "configs", "tiny.yaml")
 SIZE = 112
 
 

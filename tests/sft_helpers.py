@@ -53,6 +53,37 @@ def cli_args(overrides: dict) -> list[str]:
     return args
 
 
+def assert_lora_merged(folder, tokenizer, seed: int = 0) -> dict:
+    """The LoRA run in ``folder`` saved an adapter and a merged model that differs from the initial
+    tiny model exactly where LoRA trains: the projections and the new token rows, not the frozen
+    vision tower or the other embedding rows. Returns the merged weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    from rexomni.modeling import build_model
+    from rexomni.tokens import prepare_tokenizer
+
+    folder = str(folder)
+    assert os.path.isfile(os.path.join(folder, "adapter", "adapter_config.json"))
+    assert os.path.isfile(os.path.join(folder, "adapter", "adapter_model.safetensors"))
+    merged = load_file(os.path.join(folder, "model.safetensors"))
+    assert not any("lora" in k for k in merged), "the merged model holds plain weights only"
+    initial_dir = os.path.join(folder, "initial")
+    build_model("tiny", tokenizer, seed=seed).save_pretrained(initial_dir)
+    initial = load_file(os.path.join(initial_dir, "model.safetensors"))  # the same key layout as saved
+    assert merged.keys() == initial.keys()
+    q_proj = next(k for k in merged if k.startswith("model.layers.") and k.endswith("q_proj.weight"))
+    vision = next(k for k in merged if k.startswith("visual.blocks.") and k.endswith("weight"))
+    embed = next(k for k in merged if k.endswith("embed_tokens.weight"))
+    assert not torch.allclose(merged[q_proj], initial[q_proj]), "LoRA deltas are merged into the projections"
+    assert torch.equal(merged[vision], initial[vision]), "the frozen vision tower is untouched"
+    coords = prepare_tokenizer(tokenizer).coords
+    rows_changed = (merged[embed] != initial[embed]).any(1)
+    assert rows_changed[coords].any(), "new token rows train under LoRA"
+    assert not rows_changed[: min(coords)].any(), "the other embedding rows stay frozen"
+    return merged
+
+
 def logit_l2_loss(model, inputs, outputs, labels):
     """An extra loss for the hook test: a small penalty on the logits, logged under its own name."""
     value = outputs.logits.float().pow(2).mean() * 1e-3

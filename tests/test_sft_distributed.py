@@ -16,7 +16,7 @@ import time
 import torch
 from rexomni.sft.trainer import last_complete_checkpoint
 from safetensors.torch import load_file
-from sft_helpers import REPO, TINY_YAML, cli_args, tiny_overrides
+from sft_helpers import REPO, TINY_YAML, assert_lora_merged, cli_args, tiny_overrides
 
 
 def sft_command(overrides: dict) -> list[str]:
@@ -193,7 +193,6 @@ def test_lora_under_zero2_saves_adapter_and_a_loadable_merged_model(tmp_path, te
     saved, and the merged model in output_dir loads and carries the trained deltas."""
     from rexomni.api import RexOmni
     from rexomni.modeling import build_model
-    from rexomni.tokens import prepare_tokenizer
 
     out = tmp_path / "lora_zero2"
     overrides = tiny_overrides(out, max_steps=3, save_steps=3, per_device_train_batch_size=2, lora_r=4,
@@ -202,23 +201,7 @@ def test_lora_under_zero2_saves_adapter_and_a_loadable_merged_model(tmp_path, te
     proc = run_single_node(overrides)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert list((out / "checkpoint-3").glob("global_step3/*optim_states.pt")), "DeepSpeed ran"
-    assert os.path.isfile(out / "adapter" / "adapter_config.json")
-    assert os.path.isfile(out / "adapter" / "adapter_model.safetensors")
-
-    merged = weights(out)
-    assert not any("lora" in k for k in merged), "the merged model holds plain weights only"
-    build_model("tiny", test_tokenizer, seed=0).save_pretrained(str(tmp_path / "initial"))
-    initial = weights(tmp_path / "initial")
-    assert merged.keys() == initial.keys()
-    q_proj = next(k for k in merged if k.startswith("model.layers.") and k.endswith("q_proj.weight"))
-    vision = next(k for k in merged if k.startswith("visual.blocks.") and k.endswith("weight"))
-    embed = next(k for k in merged if k.endswith("embed_tokens.weight"))
-    assert not torch.allclose(merged[q_proj], initial[q_proj]), "LoRA deltas are merged into the projections"
-    assert torch.equal(merged[vision], initial[vision]), "the frozen vision tower is untouched"
-    coords = prepare_tokenizer(test_tokenizer).coords
-    rows_changed = (merged[embed] != initial[embed]).any(1)
-    assert rows_changed[coords].any(), "new token rows train under LoRA"
-    assert not rows_changed[: min(coords)].any(), "the other embedding rows stay frozen"
+    merged = assert_lora_merged(out, test_tokenizer)
     detector = RexOmni.from_pretrained(str(out))
     assert detector.settings.coord_codec == "center"
     assert all(torch.isfinite(p).all() for p in detector.model.parameters())

@@ -13,8 +13,7 @@ import torch
 from rexomni.sft import cli
 from rexomni.sft.config import load_config
 from rexomni.sft.trainer import build_datasets, run_sft
-from safetensors.torch import load_file
-from sft_helpers import REPO, TINY_YAML, one_thread, tiny_overrides
+from sft_helpers import REPO, TINY_YAML, assert_lora_merged, one_thread, tiny_overrides
 
 SHIPPED = sorted(glob.glob(os.path.join(REPO, "sft", "configs", "*.yaml")))
 
@@ -87,8 +86,6 @@ def test_checkpoint_folder_serves_detect(memorised):
 
 def test_lora_run_saves_adapter_and_merges_with_extra_loss(tmp_path, test_tokenizer):
     from rexomni.api import RexOmni
-    from rexomni.modeling import build_model
-    from rexomni.tokens import prepare_tokenizer
 
     config = load_config(TINY_YAML, tiny_overrides(
         tmp_path, max_steps=5, lora_r=4, lora_alpha=8, lora_dropout=0.0, freeze_vision=True, freeze_merger=True,
@@ -98,25 +95,7 @@ def test_lora_run_saves_adapter_and_merges_with_extra_loss(tmp_path, test_tokeni
     with open(tmp_path / "checkpoint-5" / "trainer_state.json") as f:
         logged = [h for h in json.load(f)["log_history"] if "extra/logit_l2" in h]
     assert logged and all(h["extra/logit_l2"] > 0 for h in logged), "the extra loss ran and was logged"
-    assert os.path.isfile(tmp_path / "adapter" / "adapter_config.json")
-    assert os.path.isfile(tmp_path / "adapter" / "adapter_model.safetensors")
-    merged = load_file(str(tmp_path / "model.safetensors"))
-    assert not any("lora" in k for k in merged), "the merged model holds plain weights only"
-    build_model("tiny", test_tokenizer, seed=config.seed).save_pretrained(str(tmp_path / "initial"))
-    initial = load_file(str(tmp_path / "initial" / "model.safetensors"))  # the same key layout as saved
-
-    def changed(key):
-        return not torch.allclose(merged[key], initial[key])
-
-    q_proj = next(k for k in merged if k.startswith("model.layers.") and k.endswith("q_proj.weight"))
-    vision = next(k for k in merged if k.startswith("visual.blocks.") and k.endswith("weight"))
-    embed = next(k for k in merged if k.endswith("embed_tokens.weight"))
-    assert changed(q_proj), "LoRA deltas are merged into the projections"
-    assert not changed(vision), "the frozen vision tower is untouched"
-    coords = prepare_tokenizer(test_tokenizer).coords
-    rows_changed = (merged[embed] != initial[embed]).any(1)
-    assert rows_changed[coords].any(), "new token rows train under LoRA"
-    assert not rows_changed[: min(coords)].any(), "the other embedding rows stay frozen"
+    assert_lora_merged(tmp_path, test_tokenizer, seed=config.seed)
     detector = RexOmni.from_pretrained(str(tmp_path))
     assert detector.settings.coord_codec == "center"
     assert np.isfinite(detector.detect(np.zeros((112, 112, 3), np.uint8), ["red circle"]).scores).all()
