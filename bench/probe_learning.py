@@ -1,21 +1,25 @@
 """Where does learning from scratch get stuck? The probes behind docs/training.md's learning section.
 
     python bench/probe_learning.py squares [--side 30 45] [--background black|random] [--noise 0]
-    python bench/probe_learning.py scenes [--sizes medium large] [--rope-theta 1e6] [--mrope-section 4 6 6]
+    python bench/probe_learning.py scenes [--sizes medium large] [--rope-theta 10] [--mrope-section 2 7 7]
+    (both: [--steps 1600] [--eval-every 400] [--seed 0] [--threads N] [--save DIR])
 
 Both train the tiny preset from random weights with a plain PyTorch loop (AdamW, constant learning
 rate, batch 16, no clipping) on the project's encoder, collator and loss (tests/test_sft_train.py
 shows the Trainer takes exactly the steps of such a loop) and, every ``--eval-every`` steps, generate on 64
 held-out images and print mean IoU, F1@0.5 and the spread of the predicted box centres against
 the true spread: a predicted spread near 0 means the model writes one constant box and ignores
-the image.
+the image. It also prints the teacher-forced median bin error of each coordinate of the first
+box (the argmax when the model reads the true answer up to it): with Qwen2.5-VL's M-RoPE, x1
+and y1 follow from x0 and y0 (the object's size) long before x0 and y0 find their image token's
+cell.
 
 - ``squares``: one square per 112x112 image, drawn here; the difficulty is set by the side (px),
   the background (black, or a random colour with a contrasting square) and Gaussian pixel noise.
 - ``scenes``: the synth engine's ``single`` mode (one shape of 3 kinds x 5 colours per scene, on a
   plain or noisy background); ``--rope-theta`` / ``--mrope-section`` change the tiny preset's
-  M-RoPE (the preset keeps Qwen2.5-VL's theta of 1e6, which turns the width positions of a 4x4
-  token grid by at most 1.8e-4 rad per step).
+  M-RoPE (``--rope-theta 1e6 --mrope-section 4 6 6`` gives Qwen2.5-VL's, which turns the width
+  positions of a 4x4 token grid by at most 1.8e-4 rad per step).
 """
 
 from __future__ import annotations
@@ -86,6 +90,27 @@ def centre_spread(examples: list[dict], texts: list[str]) -> tuple[float, float]
     return float(np.std(predicted, axis=0).mean() / SIZE), float(np.std(true, axis=0).mean() / SIZE)
 
 
+@torch.no_grad()
+def teacher_forced_errors(model, encoder: ExampleEncoder, examples: list[dict], coord_ids: list[int]) -> list[float]:
+    """Median |bin error| of the argmax at each coordinate of the first box (x0, y0, x1, y1) when
+    the model reads the true answer up to it: which coordinates the model can and cannot place."""
+    batch = SFTCollator(encoder.pad_id, encoder.image_token_id)([encoder.encode(e) for e in examples])
+    labels = batch.pop("labels")[:, 1:]
+    was_training = model.training
+    model.eval()
+    logits = model(**batch).logits[:, :-1]
+    model.train(was_training)
+    bins = torch.full((int(labels.max()) + 1,), -1)
+    bins[torch.tensor(coord_ids)] = torch.arange(len(coord_ids))
+    errors = []
+    for row_labels, row_logits in zip(labels, logits):
+        at = (row_labels >= 0).nonzero().flatten()
+        at = at[bins[row_labels[at]] >= 0][:4]  # the first box's four coordinate tokens
+        predicted = row_logits[at][:, coord_ids].argmax(-1)
+        errors.append((predicted - bins[row_labels[at]]).abs())
+    return torch.stack(errors).float().median(0).values.tolist()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", choices=["squares", "scenes"])
@@ -102,6 +127,7 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["small", "medium", "large"], help="scenes: size classes")
     parser.add_argument("--rope-theta", type=float, default=None)
     parser.add_argument("--mrope-section", type=int, nargs=3, default=None)
+    parser.add_argument("--save", default=None, help="save the trained model to this folder")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -138,11 +164,17 @@ def main() -> None:
             texts = generate_answers(model, encoder, heldout, 32, 40)
             metrics = score_answers(heldout, texts)
             spread, true_spread = centre_spread(heldout, texts)
+            tf_errors = teacher_forced_errors(model, encoder, heldout, bundle.coord_ids)
             row = {"step": step, "seconds": round(time.perf_counter() - start), "loss": loss.item(),
                    "mean_iou": metrics["mean_iou"], "f1@0.5": metrics["f1@0.5"],
                    "centre_spread": spread, "true_spread": true_spread}
-            print(json.dumps({k: round(v, 3) for k, v in row.items()}), flush=True)
+            row = {k: round(v, 3) for k, v in row.items()}
+            row["teacher_forced_bin_error"] = dict(zip(("x0", "y0", "x1", "y1"), tf_errors))
+            print(json.dumps(row), flush=True)
             model.train()
+    if args.save:
+        model.save_pretrained(args.save)
+        bundle.processor.save_pretrained(args.save)
 
 
 if __name__ == "__main__":
