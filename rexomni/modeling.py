@@ -24,16 +24,22 @@ from .processing import RELEASED_MAX_PIXELS, RELEASED_MIN_PIXELS
 SETTINGS_FILE = "rexomni_config.json"
 PROMPT_STYLES = ("released",)
 
+# The from-scratch presets (tiny, small) turn M-RoPE's frequencies down to theta 10. Qwen2.5-VL
+# gives the width positions its lowest frequencies: at theta 1e6 a step of one image token turns
+# them by at most 1.8e-4 rad, so a small model cannot tell which token of a 4x4 grid holds an
+# object (it learns where the object sits inside a token's cell, and guesses the cell). At theta
+# 10 the height sections turn 0.3-0.75 rad and the width sections 0.11-0.27 rad per token;
+# docs/training.md has the measurements. The 3b preset keeps the released model's positions.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "text": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                     num_key_value_heads=2, mrope_section=[4, 6, 6]),
+                     num_key_value_heads=2, mrope_section=[2, 7, 7], rope_theta=10.0),
         "vision": dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, fullatt_block_indexes=[1]),
         "min_pixels": 56 * 56, "max_pixels": 112 * 112,
     },
     "small": {
         "text": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
-                     num_key_value_heads=2, mrope_section=[8, 12, 12]),
+                     num_key_value_heads=2, mrope_section=[4, 14, 14], rope_theta=10.0),
         "vision": dict(depth=4, hidden_size=128, intermediate_size=256, num_heads=4, fullatt_block_indexes=[1, 3]),
         "min_pixels": 56 * 56, "max_pixels": 224 * 224,
     },

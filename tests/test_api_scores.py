@@ -12,7 +12,7 @@ from rexomni.tokens import IM_END
 OBJECTS = [{"phrase": "dog", "bbox": [10, 20, 60, 90]}, {"phrase": "cat", "bbox": [70, 5, 100, 40]}]
 
 
-def _memorise(model: RexOmni, image, categories, answer: str, steps: int = 40) -> list[float]:
+def _memorise(model: RexOmni, image, categories, answer: str, steps: int = 60) -> list[float]:
     """A plain torch loop on one image + answer; only the answer tokens carry loss."""
     [request] = model.prepare(image, "detection", categories)
     prompt = model.chat_text(request["prompt"])

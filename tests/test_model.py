@@ -66,6 +66,20 @@ def test_preset_config_uses_the_tokenizers_ids(test_tokenizer):
         preset_config("huge", test_tokenizer)
 
 
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_from_scratch_presets_tell_image_rows_and_columns_apart(test_tokenizer, preset):
+    # A step of one image token must turn the height and the width sections of M-RoPE by a usable
+    # angle, or a small model cannot learn which token of the grid holds an object.
+    text = preset_config(preset, test_tokenizer).text_config
+    theta, (t, h, w) = text.rope_parameters["rope_theta"], text.rope_parameters["mrope_section"]
+    head_dim = text.hidden_size // text.num_attention_heads
+    turn = theta ** (-2 * np.arange(head_dim // 2) / head_dim)  # rad per position, fastest first
+    height, width = turn[t:t + h], turn[t + h:t + h + w]
+    assert height.max() > 0.3 and width.max() > 0.2
+    released = preset_config("3b", test_tokenizer).text_config.rope_parameters
+    assert released["rope_theta"] == 1e6 and released["mrope_section"] == [16, 24, 24]
+
+
 def test_coordinate_rows_are_initialised_ordinally(test_tokenizer):
     model = build_model("tiny", test_tokenizer)
     emb = model.get_input_embeddings().weight
