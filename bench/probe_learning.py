@@ -9,10 +9,9 @@ rate, batch 16, no clipping) on the project's encoder, collator and loss (tests/
 shows the Trainer takes exactly the steps of such a loop) and, every ``--eval-every`` steps, generate on 64
 held-out images and print mean IoU, F1@0.5 and the spread of the predicted box centres against
 the true spread: a predicted spread near 0 means the model writes one constant box and ignores
-the image. It also prints the teacher-forced median bin error of each coordinate of the first
-box (the argmax when the model reads the true answer up to it): with Qwen2.5-VL's M-RoPE, x1
-and y1 follow from x0 and y0 (the object's size) long before x0 and y0 find their image token's
-cell.
+the image. It also prints a teacher-forced read-out of the first box (see
+``teacher_forced_readout``): with Qwen2.5-VL's M-RoPE, x1 and y1 follow from x0 and y0 (the
+object's size) long before x0 and y0 find their image token's cell.
 
 - ``squares``: one square per 112x112 image, drawn here; the difficulty is set by the side (px),
   the background (black, or a random colour with a contrasting square) and Gaussian pixel noise.
@@ -90,10 +89,16 @@ def centre_spread(examples: list[dict], texts: list[str]) -> tuple[float, float]
     return float(np.std(predicted, axis=0).mean() / SIZE), float(np.std(true, axis=0).mean() / SIZE)
 
 
+CELL_BINS = 250  # one image token's cell: 28 of 112 px
+
+
 @torch.no_grad()
-def teacher_forced_errors(model, encoder: ExampleEncoder, examples: list[dict], coord_ids: list[int]) -> list[float]:
-    """Median |bin error| of the argmax at each coordinate of the first box (x0, y0, x1, y1) when
-    the model reads the true answer up to it: which coordinates the model can and cannot place."""
+def teacher_forced_readout(model, encoder: ExampleEncoder, examples: list[dict], coord_ids: list[int]) -> dict:
+    """How well the model places each coordinate of the first box when it reads the true answer up
+    to it: the median |bin error| of the argmax for x0, y0, x1, y1, and for x0 the probability
+    within 15 bins of the truth, within 15 bins of one cell to either side, and the correlation of
+    the argmax with the truth. Mass one cell away means the model knows where the object sits
+    inside a token's cell but not which token holds it."""
     batch = SFTCollator(encoder.pad_id, encoder.image_token_id)([encoder.encode(e) for e in examples])
     labels = batch.pop("labels")[:, 1:]
     was_training = model.training
@@ -102,13 +107,20 @@ def teacher_forced_errors(model, encoder: ExampleEncoder, examples: list[dict], 
     model.train(was_training)
     bins = torch.full((int(labels.max()) + 1,), -1)
     bins[torch.tensor(coord_ids)] = torch.arange(len(coord_ids))
-    errors = []
+    truth, probs = [], []
     for row_labels, row_logits in zip(labels, logits):
         at = (row_labels >= 0).nonzero().flatten()
         at = at[bins[row_labels[at]] >= 0][:4]  # the first box's four coordinate tokens
-        predicted = row_logits[at][:, coord_ids].argmax(-1)
-        errors.append((predicted - bins[row_labels[at]]).abs())
-    return torch.stack(errors).float().median(0).values.tolist()
+        truth.append(bins[row_labels[at]])
+        probs.append(row_logits[at][:, coord_ids].softmax(-1))
+    truth, probs = torch.stack(truth), torch.stack(probs)  # (examples, 4), (examples, 4, bins)
+    errors = (probs.argmax(-1) - truth).abs().float().median(0).values.tolist()
+    distance = (torch.arange(len(coord_ids)) - truth[:, :1]).abs()  # from the true x0, per bin
+    x0 = probs[:, 0]
+    return {"median_bin_error": dict(zip(("x0", "y0", "x1", "y1"), errors)),
+            "x0_p_true": round(x0[distance <= 15].sum().item() / len(x0), 3),
+            "x0_p_one_cell_off": round(x0[(distance - CELL_BINS).abs() <= 15].sum().item() / len(x0), 3),
+            "x0_correlation": round(np.corrcoef(truth[:, 0], probs[:, 0].argmax(-1))[0, 1].item(), 3)}
 
 
 def main() -> None:
@@ -164,13 +176,12 @@ def main() -> None:
             texts = generate_answers(model, encoder, heldout, 32, 40)
             metrics = score_answers(heldout, texts)
             spread, true_spread = centre_spread(heldout, texts)
-            tf_errors = teacher_forced_errors(model, encoder, heldout, bundle.coord_ids)
+            readout = teacher_forced_readout(model, encoder, heldout, bundle.coord_ids)
             row = {"step": step, "seconds": round(time.perf_counter() - start), "loss": loss.item(),
                    "mean_iou": metrics["mean_iou"], "f1@0.5": metrics["f1@0.5"],
                    "centre_spread": spread, "true_spread": true_spread}
             row = {k: round(v, 3) for k, v in row.items()}
-            row["teacher_forced_bin_error"] = dict(zip(("x0", "y0", "x1", "y1"), tf_errors))
-            print(json.dumps(row), flush=True)
+            print(json.dumps({**row, "teacher_forced": readout}), flush=True)
             model.train()
     if args.save:
         model.save_pretrained(args.save)
