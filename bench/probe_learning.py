@@ -180,8 +180,7 @@ def main() -> None:
             row = {"step": step, "seconds": round(time.perf_counter() - start), "loss": loss.item(),
                    "mean_iou": metrics["mean_iou"], "f1@0.5": metrics["f1@0.5"],
                    "centre_spread": spread, "true_spread": true_spread}
-            row = {k: round(v, 3) for k, v in row.items()}
-            print(json.dumps({**row, "teacher_forced": readout}), flush=True)
+            print(json.dumps({**{k: round(v, 3) for k, v in row.items()}, "teacher_forced": readout}), flush=True)
             model.train()
     if args.save:
         model.save_pretrained(args.save)
