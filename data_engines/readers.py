@@ -451,6 +451,34 @@ def _read_odvg(path: str, report: ReadReport, label_map: str | dict | None = Non
         yield sample
 
 
+# --------------------------------------------------------------------------- pickles
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    pass
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """Builds plain data only: every global (any class or callable) is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise _RefusedGlobal(f"{module}.{name}")
+
+
+def load_data_pickle(path: str | os.PathLike) -> Any:
+    """Load a pickle that holds only lists, dicts, strings and numbers (RefCOCO's refs, D3's tables).
+
+    These files are downloaded from the web, and a plain ``pickle.load`` runs whatever code a crafted
+    file names. Plain data needs no class or function, so any reference to one is refused with a
+    ``ValueError`` before it is called. Python 2 pickles load as with ``pickle.load`` (ASCII strings)."""
+    with open(path, "rb") as f:
+        try:
+            return _DataUnpickler(f).load()
+        except _RefusedGlobal as e:
+            raise ValueError(f"{path}: refused to load '{e}' (loading a class or function could run code); "
+                             "an annotation pickle holds only lists, dicts, strings and numbers") from None
+
+
 # --------------------------------------------------------------------------- RefCOCO
 
 
@@ -461,8 +489,7 @@ def _read_refcoco(path: str, report: ReadReport, split: str | None = None, masks
     if os.path.isdir(path):
         refs_files = sorted(n for n in os.listdir(path) if n.startswith("refs") and n.endswith(".p"))
         path = os.path.join(path, refs_files[0])
-    with open(path, "rb") as f:
-        refs = pickle.load(f)
+    refs = load_data_pickle(path)
     instances_path = os.path.join(folder, "instances.json")
     if not os.path.exists(instances_path):
         raise FileNotFoundError(f"refcoco needs {instances_path} next to {path}")
@@ -560,8 +587,7 @@ def _read_d3(path: str, report: ReadReport, masks: bool = True) -> Iterator[dict
     id -> record). Each image is asked the sentences of its group (the intra-group protocol)."""
     tables = {}
     for name in ("images", "annotations", "sentences", "groups"):
-        with open(os.path.join(path, f"{name}.pkl"), "rb") as f:
-            tables[name] = pickle.load(f)
+        tables[name] = load_data_pickle(os.path.join(path, f"{name}.pkl"))
     sentences, groups, annotations = tables["sentences"], tables["groups"], tables["annotations"]
     for image in tables["images"].values():
         height, width = image.get("height"), image.get("width")

@@ -196,6 +196,50 @@ def test_d3_pickles(images):
     assert report.dropped == {readers.UNKNOWN_CATEGORY: 1, readers.CORRUPT_IMAGE: 1}
 
 
+class _Payload:
+    """Unpickling this calls os.system, which would write the marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return os.system, (f"touch '{self.marker}'",)
+
+
+def test_pickles_that_call_code_are_refused(images, tmp_path):
+    marker = tmp_path / "pwned"
+    refcoco = images / "refcoco"
+    refcoco.mkdir()
+    (refcoco / "instances.json").write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    with open(refcoco / "refs(unc).p", "wb") as f:
+        pickle.dump([{"ref_id": 0, "sentences": [{"sent": "x"}]}, _Payload(marker)], f)
+    with pytest.raises(ValueError, match=r"refs\(unc\)\.p: refused to load '(posix|nt)\.system'"):
+        read_dataset(refcoco, image_root=str(refcoco))
+    d3 = images / "d3_pkl"
+    d3.mkdir()
+    for name in ("images", "annotations", "sentences", "groups"):
+        with open(d3 / f"{name}.pkl", "wb") as f:
+            pickle.dump({1: _Payload(marker)} if name == "sentences" else {}, f)
+    with pytest.raises(ValueError, match=r"sentences\.pkl: refused to load .*lists, dicts, strings and numbers"):
+        read_dataset(d3, image_root=str(images))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [0, 2, pickle.DEFAULT_PROTOCOL])
+def test_plain_data_pickles_still_load(tmp_path, protocol):
+    data = [{"ref_id": 0, "split": "val", "sentences": [{"sent": "man on the left", "tokens": ["man", "left"]}],
+             "bbox": [1.5, 2, 3, 4], "ok": True, "none": None, "big": 2**70, "neg": -3, "t": (1, "a")},
+            {3: {"raw_sent": "caf\u00e9 \u00e0 gauche", "is_negative": False}}]
+    path = tmp_path / f"plain{protocol}.pkl"
+    path.write_bytes(pickle.dumps(data, protocol=protocol))
+    assert readers.load_data_pickle(path) == data
+    assert readers.load_data_pickle(str(path)) == data
+    path.write_bytes(pickle.dumps([data, len], protocol=protocol))   # a harmless global is still refused
+    with pytest.raises(ValueError, match=r"plain\d+\.pkl: refused to load '(builtins|__builtin__)\.len'"):
+        readers.load_data_pickle(path)
+
+
 def test_own_jsonl_round_trip_and_negatives(images, tmp_path):
     samples = [{"image": "a.png", "width": 64, "height": 48,
                 "objects": [{"phrase": "red car", "bbox": [1, 1, 30, 30], "point": [5, 5]},
