@@ -10,9 +10,7 @@ grammar by default (:mod:`rexomni.constrained`).
 from __future__ import annotations
 
 import math
-import os
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,10 +19,10 @@ import numpy as np
 
 from .codec import get_codec
 from .grammar import ParsedOutput, parse_output
-from .images import load_image
-from .modeling import SETTINGS_FILE, RexOmniSettings
+from .images import fit_aspect_ratio, load_image
+from .modeling import RexOmniSettings
 from .prompts import KEYPOINT_NAMES, SYSTEM_PROMPT, build_messages, build_prompt
-from .tokens import NUM_BINS, coord_tokens, decode_answer, prepare_tokenizer
+from .tokens import coord_tokens, decode_answer
 
 # Public task names (and their short aliases) -> (prompt template, item kind it answers with).
 TASK_ITEMS = {
@@ -35,9 +33,19 @@ TASK_ALIASES = {"detect": "detection", "point": "pointing", "visual_prompt": "vi
                 "keypoints": "keypoint", "ocr": "ocr_box", "gui": "gui_grounding"}
 FREE_PHRASE_TASKS = ("ocr_box", "ocr_polygon")  # the phrase is the recognised text
 
-# What the released IDEA-Research/Rex-Omni wrapper generates with.
-RELEASED_GENERATION = {"repetition_penalty": 1.05, "max_new_tokens": 4096}
 DEFAULT_MAX_NEW_TOKENS = 1024
+
+
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when a GPU is visible, else "cpu"; a CUDA device on a machine without one is an error."""
+    import torch
+
+    device = str(device)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}, but torch sees no CUDA GPU on this machine; use device='cpu' or 'auto'")
+    return device
 
 
 def canonical_task(task: str) -> str:
@@ -253,42 +261,31 @@ class RexOmni:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, path: str, device: str = "cpu", backend: str = "transformers", dtype=None,
+    def from_pretrained(cls, path: str, device: str = "auto", backend: str = "transformers", dtype=None,
                         attn_implementation: str | None = None, **backend_kwargs) -> RexOmni:
-        """Load a checkpoint folder or hub id.
+        """Load a checkpoint folder or hub id by the rule of :func:`rexomni.checkpoint.load_checkpoint`.
 
-        The coordinate codec and prompt settings come from the folder's ``rexomni_config.json``.
-        A folder without one is either the released Rex-Omni (its tokenizer already has
-        ``<0>``..``<999>``: codec ``rexomni``, the released generation settings) or a plain
-        Qwen2.5-VL base (tokens are added, embeddings grown, codec ``center``). ``backend="vllm"``
-        serves generation with vLLM on a GPU.
+        ``device``: "auto" (a GPU when there is one), "cpu", "cuda", "cuda:1", ... ``dtype``
+        defaults to float32 on the CPU and bfloat16 on a GPU. ``backend="vllm"`` serves generation
+        with vLLM on a GPU.
         """
-        from transformers import AutoTokenizer
+        from .checkpoint import load_checkpoint
 
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        tokenizer.padding_side = "left"
-        settings, kind = resolve_settings(path, tokenizer)
-        token_ids = prepare_tokenizer(tokenizer, num_bins=settings.num_bins)
-        processor = _load_processor(path, tokenizer, settings)
+        device = resolve_device(device)
         if backend == "vllm":
             from .vllm_backend import VLLMDetector
 
-            return VLLMDetector.load(path, processor, settings, **backend_kwargs)
+            checkpoint = load_checkpoint(path, load_model=False)
+            return VLLMDetector.load(checkpoint, **backend_kwargs)
         if backend != "transformers":
             raise ValueError(f"unknown backend {backend!r}; expected 'transformers' or 'vllm'")
         import torch
-        from transformers import Qwen2_5_VLForConditionalGeneration
 
         if dtype is None:
-            dtype = torch.float32 if str(device).startswith("cpu") else torch.bfloat16
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            path, dtype=dtype, attn_implementation=attn_implementation or "sdpa", use_safetensors=True)
-        if kind == "base" or token_ids.added:
-            from .tokens import grow_embeddings
-
-            grow_embeddings(model, tokenizer, token_ids)
-        model.to(device).eval()
-        return cls(model, processor, settings, device=device, name=str(path))
+            dtype = torch.float32 if device == "cpu" else torch.bfloat16
+        checkpoint = load_checkpoint(path, dtype=dtype, attn_implementation=attn_implementation or "sdpa")
+        checkpoint.model.to(device).eval()
+        return cls(checkpoint.model, checkpoint.processor, checkpoint.settings, device=device, name=str(path))
 
     # ------------------------------------------------------------------ tasks
     def detect(self, images, categories, negatives=None, negative_boxes=None, **kwargs):
@@ -415,7 +412,7 @@ class RexOmni:
                 [f"object_{i + 1}" for i in range(len(visual_prompt))]
         else:
             names = list(categories or [])
-        return {"image": pil, "width": width, "height": height, "prompt": prompt, "phrases": names}
+        return {"image": fit_aspect_ratio(pil), "width": width, "height": height, "prompt": prompt, "phrases": names}
 
     def chat_text(self, prompt: str) -> str:
         """The full model input text for one image and prompt (generation prompt included)."""
@@ -558,52 +555,3 @@ def _as_box_groups(boxes) -> list:
     if arr_depth == 1:
         return [[list(b) for b in boxes]]
     return [[list(b) for b in group] for group in boxes]
-
-
-# --------------------------------------------------------------------------- settings and processor
-
-
-def resolve_settings(path: str, tokenizer) -> tuple[RexOmniSettings, str]:
-    """(settings, kind): kind is "project" (settings file found), "released" or "base". Never guessed
-    beyond this rule: a tokenizer that already holds every coordinate token is the released Rex-Omni."""
-    settings_path = _settings_file(path)
-    if settings_path is not None:
-        return RexOmniSettings.load(settings_path), "project"
-    vocab = tokenizer.get_vocab()
-    if all(t in vocab for t in coord_tokens(NUM_BINS)):
-        from .processing import RELEASED_MAX_PIXELS, RELEASED_MIN_PIXELS
-
-        return RexOmniSettings(coord_codec="rexomni", min_pixels=RELEASED_MIN_PIXELS, max_pixels=RELEASED_MAX_PIXELS,
-                               generation=dict(RELEASED_GENERATION)), "released"
-    warnings.warn(f"{path}: no {SETTINGS_FILE} and no coordinate tokens: a plain Qwen2.5-VL base; adding "
-                  "<0>..<999> with new embeddings and the 'center' codec. It needs training before it detects.",
-                  stacklevel=3)
-    return RexOmniSettings(coord_codec="center"), "base"
-
-
-def _settings_file(path: str) -> str | None:
-    if os.path.isdir(path):
-        candidate = os.path.join(path, SETTINGS_FILE)
-        return candidate if os.path.isfile(candidate) else None
-    from huggingface_hub import hf_hub_download  # a transformers dependency
-    from huggingface_hub.errors import EntryNotFoundError
-
-    try:
-        return hf_hub_download(path, SETTINGS_FILE)
-    except EntryNotFoundError:
-        return None
-
-
-def _load_processor(path: str, tokenizer, settings: RexOmniSettings):
-    """The torchvision-free processor with the checkpoint's image limits and chat template."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    from .processing import QWEN2_5_VL_CHAT_TEMPLATE, RexOmniProcessor
-
-    size = {"shortest_edge": settings.min_pixels, "longest_edge": settings.max_pixels}
-    try:
-        image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, size=size)
-    except OSError:
-        image_processor = Qwen2VLImageProcessorPil(size=size)
-    chat_template = getattr(tokenizer, "chat_template", None) or QWEN2_5_VL_CHAT_TEMPLATE
-    return RexOmniProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template)

@@ -184,10 +184,9 @@ def init_checkpoint(folder: str, preset: str = "tiny", tokenizer=None, seed: int
     if tokenizer is None:
         tokenizer = build_test_tokenizer()
     elif isinstance(tokenizer, str):
-        from transformers import AutoTokenizer
+        from .checkpoint import load_tokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer)
-        tokenizer.padding_side = "left"
+        tokenizer = load_tokenizer(tokenizer)
     model = build_model(preset, tokenizer, seed=seed)
     settings = preset_settings(preset)
     processor = make_processor(tokenizer, settings.min_pixels, settings.max_pixels)

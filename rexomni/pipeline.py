@@ -23,7 +23,8 @@ from typing import Any
 from transformers import Pipeline, Qwen2_5_VLForConditionalGeneration
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .api import RexOmni, resolve_settings
+from .api import RexOmni
+from .checkpoint import load_checkpoint
 
 TASK_NAME = "rex-omni"
 _CALL_KEYS = ("threshold", "top_k")
@@ -36,11 +37,17 @@ class RexOmniPipeline(Pipeline):
     _load_image_processor = False
     _load_feature_extractor = False
     _load_video_processor = False
-    _load_tokenizer = True
+    # The tokenizer comes from load_checkpoint (declared token ids, negative tokens), not from transformers.
+    _load_tokenizer = False
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.detector = _detector_for(self.model, self.tokenizer)
+        path = getattr(self.model, "name_or_path", None) or self.model.config._name_or_path
+        checkpoint = load_checkpoint(path, model=self.model)
+        self.tokenizer = checkpoint.tokenizer
+        self.model.eval()
+        self.detector = RexOmni(self.model, checkpoint.processor, checkpoint.settings, device=str(self.model.device),
+                                name=path)
 
     def _sanitize_parameters(self, **kwargs):
         postprocess = {k: kwargs.pop(k) for k in _CALL_KEYS if k in kwargs}
@@ -83,21 +90,6 @@ def _as_list(labels) -> list[str]:
     if isinstance(labels, str):
         return [s.strip() for s in labels.split(",") if s.strip()]
     return list(labels)
-
-
-def _detector_for(model, tokenizer) -> RexOmni:
-    """A RexOmni around the pipeline's model, with the checkpoint's own settings."""
-    from .api import _load_processor
-    from .tokens import grow_embeddings, prepare_tokenizer
-
-    path = getattr(model, "name_or_path", None) or model.config._name_or_path
-    tokenizer.padding_side = "left"
-    settings, kind = resolve_settings(path, tokenizer)
-    token_ids = prepare_tokenizer(tokenizer, num_bins=settings.num_bins)
-    if kind == "base" or token_ids.added:
-        grow_embeddings(model, tokenizer, token_ids)
-    model.eval()
-    return RexOmni(model, _load_processor(path, tokenizer, settings), settings, device=str(model.device), name=path)
 
 
 def register_pipeline() -> None:

@@ -9,8 +9,8 @@ moves to a vLLM engine. What differs:
   (x1 >= x0, no repeated box, the token budget) are only enforced by the transformers backend.
 - Scores use the log-probability vLLM reports for each sampled token (``logprobs=0``), which is
   the raw model distribution, as in the transformers backend.
-- vLLM tokenizes the prompt with the checkpoint's own tokenizer: negative prompts need a
-  checkpoint saved by this project (whose tokenizer has the negative tokens).
+- vLLM tokenizes the prompt with the tokenizer that :func:`rexomni.checkpoint.load_checkpoint`
+  prepared (saved to a folder of its own), so ids and negative tokens are the same as here.
 
 ``vllm`` is imported only here and only when the backend is used.
 """
@@ -46,17 +46,28 @@ class VLLMDetector(RexOmni):
     """RexOmni whose ``model`` is a ``vllm.LLM``."""
 
     @classmethod
-    def load(cls, path: str, processor, settings, **engine_kwargs) -> VLLMDetector:
+    def load(cls, checkpoint, **engine_kwargs) -> VLLMDetector:
+        """A vLLM engine on ``checkpoint`` (a :class:`rexomni.checkpoint.Checkpoint` loaded without weights).
+
+        vLLM gets the tokenizer as :func:`rexomni.checkpoint.load_checkpoint` made it, saved to a
+        folder of its own: its ids are the declared ones and it has the negative tokens, whatever
+        the checkpoint's own tokenizer files would give when read again.
+        """
+        import tempfile
+
         try:
             from vllm import LLM
         except ImportError as e:
             raise ImportError("backend='vllm' needs the vllm package on a GPU machine: "
                               "pip install 'rexomni[gpu]'") from e
+        settings = checkpoint.settings
+        tokenizer_dir = tempfile.mkdtemp(prefix="rexomni-tokenizer-")
+        checkpoint.tokenizer.save_pretrained(tokenizer_dir)
         engine_kwargs.setdefault("limit_mm_per_prompt", {"image": 1})
         engine_kwargs.setdefault("mm_processor_kwargs", {"min_pixels": settings.min_pixels,
                                                          "max_pixels": settings.max_pixels})
-        llm = LLM(model=path, tokenizer=path, **engine_kwargs)
-        return cls(llm, processor, settings, backend="vllm", device="cuda", name=str(path))
+        llm = LLM(model=checkpoint.source, tokenizer=tokenizer_dir, **engine_kwargs)
+        return cls(llm, checkpoint.processor, settings, backend="vllm", device="cuda", name=checkpoint.source)
 
     # ------------------------------------------------------------------ requests (no GPU needed)
     def build_requests(self, task: str, requests: list[dict], *, constrained: bool = True, scores: bool = True,

@@ -20,7 +20,7 @@ import torch
 
 from rexomni.modeling import RexOmniSettings, build_model, preset_config, preset_settings
 from rexomni.processing import make_processor
-from rexomni.tokens import NEGATIVE_TOKENS, coord_tokens, grow_embeddings, prepare_tokenizer
+from rexomni.tokens import NEGATIVE_TOKENS, coord_tokens, prepare_tokenizer
 
 from .config import SFTConfig
 
@@ -77,49 +77,34 @@ def resolve_attn(config: SFTConfig) -> str:
 
 
 def _load_tokenizer(config: SFTConfig):
+    """The tokenizer of a from-scratch preset: ``config.tokenizer`` (a folder or hub id), else the offline one."""
     if config.tokenizer:
-        from transformers import AutoTokenizer
+        from rexomni.checkpoint import load_tokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer)
-    else:
-        from rexomni.testing import build_test_tokenizer
+        return load_tokenizer(config.tokenizer)
+    from rexomni.testing import build_test_tokenizer
 
-        tokenizer = build_test_tokenizer()
-    tokenizer.padding_side = "left"  # what inference expects of a saved checkpoint
-    return tokenizer
+    return build_test_tokenizer()
 
 
 def load_model(config: SFTConfig) -> ModelBundle:
-    """The model to train: a random ``preset`` or a checkpoint folder / hub id, tokens ready.
-
-    A checkpoint without ``rexomni_config.json`` is the released Rex-Omni (codec ``rexomni``) or a
-    plain Qwen2.5-VL base (tokens added, embeddings grown, codec from the config), by the rule of
-    :func:`rexomni.api.resolve_settings`.
-    """
+    """The model to train: a random ``preset``, or a checkpoint folder / hub id loaded by
+    :func:`rexomni.checkpoint.load_checkpoint` (the released Rex-Omni, a plain Qwen2.5-VL base
+    given ``config.coord_codec``, or a checkpoint of this project)."""
     if config.preset:
         tokenizer = _load_tokenizer(config)
         model = build_model(config.preset, tokenizer, seed=config.seed)
         settings = preset_settings(config.preset, coord_codec=config.coord_codec)
         token_ids = prepare_tokenizer(tokenizer, settings.num_bins)
+        processor = make_processor(tokenizer, settings.min_pixels, settings.max_pixels)
     else:
-        from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+        from rexomni.checkpoint import load_checkpoint
 
-        from rexomni.api import resolve_settings
-
-        path = config.model_name_or_path
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        tokenizer.padding_side = "left"
-        settings, kind = resolve_settings(path, tokenizer)
-        if kind == "base":
-            settings = RexOmniSettings(coord_codec=config.coord_codec, min_pixels=settings.min_pixels,
-                                       max_pixels=settings.max_pixels)
-        token_ids = prepare_tokenizer(tokenizer, settings.num_bins)
         dtype = torch.bfloat16 if resolve_bf16(config) else torch.float32
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            path, dtype=dtype, attn_implementation=resolve_attn(config), use_safetensors=True)
-        if kind == "base" or token_ids.added:
-            grow_embeddings(model, tokenizer, token_ids)  # also under ZeRO-3 (gathers the matrices)
-    processor = make_processor(tokenizer, settings.min_pixels, settings.max_pixels)
+        checkpoint = load_checkpoint(config.model_name_or_path, dtype=dtype, attn_implementation=resolve_attn(config),
+                                     base_codec=config.coord_codec)
+        model, processor, settings, token_ids = (checkpoint.model, checkpoint.processor, checkpoint.settings,
+                                                 checkpoint.token_ids)
     new_ids = list(token_ids.coords) + list(token_ids.negatives.values())
     return ModelBundle(model, processor, settings, list(token_ids.coords), new_ids)
 
