@@ -9,6 +9,7 @@ URL that fails, times out or sends more than ``max_bytes``.
 from __future__ import annotations
 
 import io
+import math
 import os
 import urllib.error
 import urllib.request
@@ -23,10 +24,27 @@ from PIL import Image, ImageOps
 DEFAULT_MAX_PIXELS = 128 * 1024 * 1024
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_TIMEOUT = 10.0
+# Qwen2.5-VL's resize refuses an image whose long side is more than 200 times its short side.
+MAX_ASPECT_RATIO = 200
 
 
 class ImageLoadError(ValueError):
     """An image could not be read; the message names the input."""
+
+
+def fit_aspect_ratio(image: Image.Image, max_ratio: int = MAX_ASPECT_RATIO) -> Image.Image:
+    """Stretch the short side of a very thin image until long / short <= ``max_ratio``.
+
+    Coordinates are written relative to the image's width and height, so an answer about the
+    stretched image reads unchanged on the original (the processor upsamples such a side to 28
+    pixels anyway). Other images are returned as they are.
+    """
+    width, height = image.size
+    if max(width, height) <= max_ratio * min(width, height):
+        return image
+    short = math.ceil(max(width, height) / max_ratio)
+    size = (width, short) if width > height else (short, height)
+    return image.resize(size, Image.Resampling.BICUBIC)
 
 
 def describe(source: Any) -> str:

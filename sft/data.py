@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from rexomni.images import ImageLoadError, load_image, to_rgb
+from rexomni.images import ImageLoadError, fit_aspect_ratio, load_image, to_rgb
 from rexomni.prompts import build_messages
 from rexomni.tokens import IM_END, IMAGE_PAD
 
@@ -76,7 +76,7 @@ class ExampleEncoder:
     # ------------------------------------------------------------------ images
     def image_inputs(self, image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
         """(pixel_values (patches, C*T*P*P) float32, grid_thw (3,) int64), as the PIL image processor."""
-        image = to_rgb(image)
+        image = fit_aspect_ratio(to_rgb(image))
         width, height = image.size
         factor = self.patch_size * self.merge_size
         new_h, new_w = self._smart_resize(height, width, factor=factor, min_pixels=self.min_pixels,

@@ -154,3 +154,17 @@ def test_teacher_forced_scores_equal_generation_scores(tiny_rexomni):
     forced = tiny_rexomni.score(image, generated.raw_text, categories=["dog", "cat"])
     assert forced.labels == generated.labels
     np.testing.assert_allclose(forced.scores, generated.scores, rtol=1e-4)
+
+
+@pytest.mark.parametrize("size", [(3, 900), (900, 3)])
+def test_very_thin_images_are_answered_in_their_own_coordinates(tiny_rexomni, size):
+    """Qwen2.5-VL's resize refuses aspect ratios above 200; the image is stretched to fit, and the
+    answer reads in the original image's pixels."""
+    image = np.full((size[1], size[0], 3), 200, np.uint8)
+    result = tiny_rexomni.detect(image, ["red circle"], max_new_tokens=16)
+    assert (result.width, result.height) == size
+    assert (result.boxes[:, [0, 2]] <= size[0]).all() and (result.boxes[:, [1, 3]] <= size[1]).all()
+    answer = "<|object_ref_start|>red circle<|object_ref_end|><|box_start|><0><500><999><999><|box_end|>"
+    scored = tiny_rexomni.score(image, answer, categories=["red circle"])
+    assert scored.boxes[0] == pytest.approx([0.0005 * size[0], 0.5005 * size[1], 0.9995 * size[0], 0.9995 * size[1]],
+                                            rel=1e-3)
