@@ -1,9 +1,11 @@
 """Serializer compactness and parser throughput.
 
-    python bench/bench_grammar.py [--answers 10000]
+    python bench/bench_grammar.py [--answers 10000] [--tokenizer PATH]
 
 Tokens per box are counted with the offline test tokenizer (its `,` and coordinate tokens are single
-tokens, as in the real Qwen2.5-VL tokenizer); the floor is 4 coordinates plus one separator.
+tokens, as in the real Qwen2.5-VL tokenizer) and, with ``--tokenizer``, next to it with a real
+checkpoint's tokenizer as ``rexomni.checkpoint.load_tokenizer`` loads it (e.g. a folder in the
+released Rex-Omni's layout); the floor is 4 coordinates plus one separator.
 Parser speed is reported in boxes per second and as a ratio against a baseline that only pulls the
 numbers out with one regular expression (no groups, no checks): the cost of robustness.
 """
@@ -42,13 +44,22 @@ def baseline_parse(text: str) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--answers", type=int, default=10_000)
+    parser.add_argument("--tokenizer", help="a checkpoint folder to count with too, next to the offline tokenizer")
     args = parser.parse_args()
-    rng = np.random.default_rng(0)
-    tokenizer = build_test_tokenizer()
-    print(f"tokens per box, dense scene (400 boxes, 1 phrase):   {tokens_per_box(tokenizer, rng, 1, 400):.3f}")
-    print(f"tokens per box, 20 phrases x 5 boxes:                {tokens_per_box(tokenizer, rng, 20, 100):.3f}")
-    print(f"tokens per box, 20 phrases x 1 box:                  {tokens_per_box(tokenizer, rng, 20, 20):.3f}")
+    tokenizers = {"offline": build_test_tokenizer()}
+    if args.tokenizer:
+        from rexomni.checkpoint import load_tokenizer
+        from rexomni.tokens import prepare_tokenizer
 
+        tokenizers[args.tokenizer] = load_tokenizer(args.tokenizer)
+        prepare_tokenizer(tokenizers[args.tokenizer])  # coordinate tokens for a plain base, as loading adds them
+    print("tokens per box" + "".join(f"  {name:>12}" for name in tokenizers))
+    for label, num_phrases, num_boxes in (("dense scene (400 boxes, 1 phrase)", 1, 400),
+                                          ("20 phrases x 5 boxes", 20, 100), ("20 phrases x 1 box", 20, 20)):
+        counts = [tokens_per_box(t, np.random.default_rng(0), num_phrases, num_boxes) for t in tokenizers.values()]
+        print(f"  {label:<36}" + "".join(f"  {c:>12.3f}" for c in counts))
+
+    rng = np.random.default_rng(0)
     answers = []
     for _ in range(args.answers):
         phrases = [f"thing {i}" for i in range(rng.integers(1, 6))]
