@@ -192,3 +192,22 @@ def test_lora_fine_tune_of_the_release_saves_a_checkpoint_with_the_same_ids(rele
     assert saved.tokenizer.get_vocab() == reference.tokenizer.get_vocab()
     assert saved.token_ids.added == [], "nothing left to add to a checkpoint saved by this project"
     assert saved.model.get_input_embeddings().weight.shape[0] == EMBEDDING_ROWS
+
+
+def test_pipeline_loads_the_release_with_its_ids(released_folder):
+    import transformers
+
+    import rexomni  # noqa: F401  (registers the rex-omni task)
+
+    detector = transformers.pipeline("rex-omni", model=released_folder)
+    assert detector.tokenizer.convert_tokens_to_ids(["<0>", "<|image_pad|>"]) == [FIRST_COORD_ID, 151655]
+    assert detector.detector.settings.coord_codec == "rexomni"
+    image = Image.new("RGB", (64, 48), "white")
+    out = detector(image, candidate_labels=["person"], max_new_tokens=12)
+    assert isinstance(out, list) and all(d["label"] == "person" for d in out)
+
+
+@pytest.mark.parametrize("path", ["./no-such-model", "tests/no-such-model", "a/b/c", "/nonexistent/model"])
+def test_a_missing_local_folder_is_an_immediate_error(path):
+    with pytest.raises(FileNotFoundError, match="no such checkpoint folder"):
+        load_checkpoint(path)
