@@ -21,12 +21,10 @@ from rexomni.prompts import KEYPOINT_NAMES, build_prompt, sample_template
 
 from .masks import deepest_point, object_mask
 
+# The training builders. Each asks the prompt of the core task it names or aliases
+# (rexomni.tasks: grounding and referring ask the detection prompt).
 TASKS = ("grounding", "referring", "pointing", "visual_prompting", "keypoints", "ocr_box", "ocr_polygon",
          "gui_grounding", "gui_pointing")
-# Our task name -> the prompt family of rexomni.prompts.
-PROMPT_TASK = {"grounding": "detection", "referring": "detection", "pointing": "pointing",
-               "visual_prompting": "visual_prompting", "keypoints": "keypoint", "ocr_box": "ocr_box",
-               "ocr_polygon": "ocr_polygon", "gui_grounding": "gui_grounding", "gui_pointing": "gui_pointing"}
 
 MAX_PHRASES = 4   # positive phrases asked at most in one grounding / pointing example
 MAX_ABSENT = 3    # verified-absent phrases asked at most (answered None)
@@ -59,9 +57,8 @@ class _Context:
         self.objects = [o for o in sample.get("objects", []) if o.get("phrase") not in skip]
 
     def prompt(self, task: str, categories, **kwargs) -> str:
-        prompt_task = PROMPT_TASK[task]
-        template = sample_template(prompt_task, self.rng) if self.paraphrase else None
-        return build_prompt(prompt_task, categories, width=self.width, height=self.height, codec=self.codec,
+        template = sample_template(task, self.rng) if self.paraphrase else None
+        return build_prompt(task, categories, width=self.width, height=self.height, codec=self.codec,
                             negatives=self.negative_phrases, negative_boxes=self.negative_boxes,
                             template=template, **kwargs)
 

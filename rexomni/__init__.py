@@ -12,7 +12,6 @@ from .prompts import (
     KEYPOINT_NAMES,
     PERSON_KEYPOINTS,
     SYSTEM_PROMPT,
-    TASKS,
     TEMPLATES,
     TRAIN_POOLS,
     build_messages,
@@ -21,6 +20,7 @@ from .prompts import (
     sample_template,
     visual_prompt_json,
 )
+from .tasks import TASKS, Task, get_task
 from .tokens import TokenIds, decode_answer, grow_embeddings, prepare_tokenizer
 
 __version__ = "0.1.0"
@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 # Heavy names (torch, transformers) load on first use: `import rexomni` stays light.
 _LAZY = {
     "RexOmni": "rexomni.api",
-    "Result": "rexomni.api",
+    "Result": "rexomni.result",
     "RexOmniSettings": "rexomni.modeling",
     "build_model": "rexomni.modeling",
     "init_checkpoint": "rexomni.modeling",
@@ -58,7 +58,7 @@ def __getattr__(name):
 
 __all__ = [*_LAZY,
     "ANIMAL_KEYPOINTS", "CODECS", "CoordCodec", "HAND_KEYPOINTS", "Item", "KEYPOINT_NAMES", "PERSON_KEYPOINTS",
-    "ParsedOutput", "SYSTEM_PROMPT", "TASKS", "TEMPLATES", "TRAIN_POOLS", "TokenIds", "build_messages",
-    "build_prompt", "decode_answer", "format_answer", "format_keypoints", "get_codec", "grow_embeddings",
+    "ParsedOutput", "SYSTEM_PROMPT", "TASKS", "TEMPLATES", "TRAIN_POOLS", "Task", "TokenIds", "build_messages",
+    "build_prompt", "decode_answer", "format_answer", "format_keypoints", "get_codec", "get_task", "grow_embeddings",
     "negative_conditioning", "parse_output", "prepare_tokenizer", "sample_template", "visual_prompt_json",
 ]

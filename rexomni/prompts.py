@@ -12,42 +12,13 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 
 from .codec import CoordCodec, get_codec
+from .tasks import TASKS, get_task
 from .tokens import NEG_BOX_END, NEG_BOX_START, NEG_REF_END, NEG_REF_START, coord_token
 
 SYSTEM_PROMPT = "You are a helpful assistant"  # inference, as the released wrapper sends it
-TRAIN_SYSTEM_PROMPT = "You are a helpful assistant."  # the released SFT data ends it with a period
 
-TASKS = (
-    "detection",
-    "pointing",
-    "visual_prompting",
-    "keypoint",
-    "ocr_box",
-    "ocr_polygon",
-    "gui_grounding",
-    "gui_pointing",
-)
-
-# The released wording, verbatim (gui_grounding keeps its stray quote: the weights were trained on it).
-TEMPLATES = {
-    "detection": "Detect {categories}. Output the bounding box coordinates in [x0, y0, x1, y1] format.",
-    "pointing": "Point to {categories}.",
-    "visual_prompting": (
-        "Given reference boxes {visual_prompt} indicating one or more objects, find all similar "
-        "objects in the image and output their bounding boxes."
-    ),
-    "keypoint": (
-        "Can you detect each {categories} in the image using a [x0, y0, x1, y1] box format, and then "
-        "provide the coordinates of its {keypoints} as [x0, y0]? Output the answer in JSON format."
-    ),
-    "ocr_box": "Detect all {categories} and recognize them.",
-    "ocr_polygon": (
-        "Can you detect all {categories} in this image in polygon format like "
-        "[x0, y0, x1, y1, x2, y2 ...] and then recognize them?"
-    ),
-    "gui_grounding": 'Detect element "{categories}"" in the image.',
-    "gui_pointing": 'Point to element "{categories}".',
-}
+# The released wording, verbatim, per task (rexomni.tasks holds the table).
+TEMPLATES = {name: task.template for name, task in TASKS.items()}
 
 # Paraphrases for training, so that a fine-tuned model does not hang on one wording.
 TRAIN_POOLS: dict[str, list[str]] = {
@@ -264,13 +235,7 @@ def negative_conditioning(
 
 def sample_template(task: str, rng: random.Random) -> str:
     """A training-time paraphrase of ``task``, drawn with ``rng``."""
-    return rng.choice(TRAIN_POOLS[_check_task(task)])
-
-
-def _check_task(task: str) -> str:
-    if task not in TEMPLATES:
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
-    return task
+    return rng.choice(TRAIN_POOLS[get_task(task).name])
 
 
 def build_prompt(
@@ -291,7 +256,8 @@ def build_prompt(
     ``visual_prompt`` (visual_prompting) is a list of box groups or a mapping name -> boxes, in pixels.
     ``keypoint_names`` default to the person list. Negative phrases and boxes are appended.
     """
-    template = template or TEMPLATES[_check_task(task)]
+    task = get_task(task).name
+    template = template or TEMPLATES[task]
     fields = {"categories": join_categories(categories)}
     if task == "visual_prompting":
         if visual_prompt is None or width is None or height is None:

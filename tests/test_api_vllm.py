@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from rexomni.grammar import format_answer
-from rexomni.vllm_backend import VLLMDetector, grammar_regex
+from rexomni.grammar import answer_regex, format_answer
+from rexomni.vllm_backend import VLLMDetector
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +62,8 @@ def test_requests_carry_the_same_prompt_image_and_released_settings(vllm_detecto
         vllm_detector.build_requests("detection", requests, length_penalty=2.0)
 
 
-def test_grammar_regex_accepts_the_grammar_and_nothing_else():
-    boxes = grammar_regex(["dog", "red car"], "box", max_items_per_group=2)
+def test_answer_regex_accepts_the_grammar_and_nothing_else():
+    boxes = answer_regex(["dog", "red car"], "box", max_items_per_group=2)
     good = format_answer([{"phrase": "dog", "bbox": [1, 2, 30, 40]}, {"phrase": "red car", "bbox": [5, 5, 9, 9]}],
                          100, 100, phrases=["dog", "red car", ])
     assert re.fullmatch(boxes, good)
@@ -72,9 +72,9 @@ def test_grammar_regex_accepts_the_grammar_and_nothing_else():
     assert not re.fullmatch(boxes, "<|object_ref_start|>dog<|object_ref_end|><|box_start|><1><2><3><|box_end|>")
     three = format_answer([{"phrase": "dog", "bbox": [i, i, 50, 50]} for i in range(3)], 100, 100)
     assert not re.fullmatch(boxes, three)  # at most 2 items per group
-    points = grammar_regex(["cat"], "point")
+    points = answer_regex(["cat"], "point")
     assert re.fullmatch(points, "<|object_ref_start|>cat<|object_ref_end|><|box_start|><1><2>,<3><4><|box_end|>")
-    polygon = grammar_regex(None, "polygon")
+    polygon = answer_regex(None, "polygon")
     assert re.fullmatch(polygon, "<|object_ref_start|>OPEN 24h<|object_ref_end|><|box_start|>"
                                  "<1><2><3><4><5><6><|box_end|>")
     assert not re.fullmatch(polygon, "<|object_ref_start|>OPEN<|object_ref_end|><|box_start|><1><2><3><4><|box_end|>")
@@ -85,7 +85,7 @@ def test_the_two_constraint_implementations_agree(tiny_rexomni):
     torch.manual_seed(0)
     images = [np.random.RandomState(i).randint(0, 255, (50, 70, 3), dtype=np.uint8) for i in range(3)]
     for r in tiny_rexomni.detect(images, ["dog", "red car"], max_new_tokens=60, do_sample=True, temperature=3.0):
-        assert re.fullmatch(grammar_regex(["dog", "red car"], "box"), r.raw_text), r.raw_text
+        assert re.fullmatch(answer_regex(["dog", "red car"], "box"), r.raw_text), r.raw_text
 
 
 def test_results_from_engine_outputs(vllm_detector):
