@@ -34,15 +34,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rexomni.tasks import get_task
+
 from .data import Prediction, load_annotations
 from .protocols import get_protocol
-from .scoring import TASK_METRICS, score
+from .scoring import DEFAULT_METRICS, TASK_METRICS, score
 
 logger = logging.getLogger(__name__)
 
-# The model task each benchmark task asks for.
-MODEL_TASK = {"detection": "detection", "referring": "detection", "language": "detection",
-              "pointing": "pointing", "visual_prompting": "visual_prompting", "keypoint": "keypoint"}
+# Benchmark tasks: each asks the core task it names or aliases (rexomni.tasks) and is scored by its metrics.
+BENCHMARK_TASKS = tuple(DEFAULT_METRICS)
 
 
 @dataclass
@@ -59,8 +60,8 @@ class DatasetSpec:
     predict: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.task not in MODEL_TASK:
-            raise ValueError(f"dataset {self.name!r}: unknown task {self.task!r}; expected one of {sorted(MODEL_TASK)}")
+        if self.task not in BENCHMARK_TASKS:
+            raise ValueError(f"dataset {self.name!r}: unknown task {self.task!r}; expected one of {BENCHMARK_TASKS}")
         if self.ask not in ("categories", "present"):
             raise ValueError(f"dataset {self.name!r}: ask must be 'categories' or 'present', got {self.ask!r}")
         unknown = set(self.metrics or []) - set(TASK_METRICS)
@@ -107,12 +108,12 @@ class BenchmarkSpec:
 
 
 class PredictionCache:
-    """An append-only JSONL of predictions, one line per sample key."""
+    """An append-only JSONL of predictions, one line per sample key; ``path`` None keeps them in memory."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path) if path is not None else None
         self.lines: dict[str, dict] = {}
-        if self.path.exists():
+        if self.path is not None and self.path.exists():
             self._read()
 
     def _read(self) -> None:
@@ -130,6 +131,9 @@ class PredictionCache:
         return key in self.lines
 
     def write(self, records: list[dict]) -> None:
+        if self.path is None:
+            self.lines.update((record["key"], record) for record in records)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as f:
             if f.tell() and not self._ends_with_newline():
@@ -148,6 +152,11 @@ class PredictionCache:
 
     def skipped(self) -> set[str]:
         return {k for k, r in self.lines.items() if r.get("skipped")}
+
+    def clean_share(self) -> float | None:
+        """The share of answers the parser read without a problem (None when no record says)."""
+        counted = [r["problems"] for r in self.lines.values() if not r.get("skipped") and "problems" in r]
+        return sum(not p for p in counted) / len(counted) if counted else None
 
 
 # --------------------------------------------------------------------------- running a model
@@ -202,24 +211,47 @@ def predict_dataset(model: Any, samples: list[dict], spec: DatasetSpec, cache: P
             try:
                 image = load_image(sample["image"])
             except (ImageLoadError, OSError, ValueError) as e:
-                records.append({"key": sample["key"], "image": sample["image"], "skipped": str(e)[:200]})
+                records.append({"key": sample["key"], "image": str(sample["image"]), "skipped": str(e)[:200]})
                 continue
             request = _request(sample, spec)
             group = groups.setdefault(json.dumps(request, sort_keys=True), (request, [], []))
             group[1].append(sample)
             group[2].append(image)
         for request, group_samples, images in groups.values():
-            results = model.predict(images, task=MODEL_TASK[spec.task], **request)
+            results = model.predict(images, task=get_task(spec.task).name, batch_size=batch_size, **request)
             if len(results) != len(images):
                 raise RuntimeError(f"model.predict returned {len(results)} results for {len(images)} images")
             for sample, result in zip(group_samples, results):
-                record = {"key": sample["key"], "image": sample["image"], **Prediction.from_result(result).to_dict()}
-                if getattr(result, "raw_text", None) is not None:
-                    record["raw_text"] = result.raw_text
+                record = {"key": sample["key"], **Prediction.from_result(result).to_dict()}
+                if isinstance(sample["image"], str):  # in-memory images (held-out scenes) are not recorded
+                    record["image"] = sample["image"]
+                for name in ("raw_text", "problems"):  # what the detector API's results carry besides geometry
+                    if getattr(result, name, None) is not None:
+                        record[name] = getattr(result, name)
                 records.append(record)
         cache.write(records)
         bar.update(len(batch))
     bar.close()
+
+
+def evaluate_samples(model: Any, samples: list[dict], dataset: DatasetSpec, protocol: str = "strict",
+                     batch_size: int = 8, cache: PredictionCache | None = None,
+                     progress: bool = True) -> tuple[dict[str, float], dict]:
+    """Predict what ``cache`` lacks, then score: one data set of a benchmark, or samples held in memory
+    (training's held-out scenes, whose ``image`` is a PIL image). Returns (flat metrics, curves)."""
+    cache = cache if cache is not None else PredictionCache()
+    predict_dataset(model, samples, dataset, cache, batch_size, progress)
+    skipped = cache.skipped()
+    scored = [s for s in samples if s["key"] not in skipped]
+    frequency = _lvis_frequency(dataset.annotations, dataset.format) if dataset.annotations else None
+    metrics, curves = score(scored, cache.predictions(), dataset.task, dataset.metrics, protocol,
+                            dataset.coco_style, frequency)
+    metrics["samples"] = float(len(scored))
+    metrics["skipped_images"] = float(len(skipped & {s["key"] for s in samples}))
+    clean = cache.clean_share()
+    if clean is not None:
+        metrics["parsed_clean"] = clean
+    return metrics, curves
 
 
 # --------------------------------------------------------------------------- the whole benchmark
@@ -245,13 +277,8 @@ def run_benchmark(model: Any, spec: BenchmarkSpec | str | os.PathLike, out_dir: 
         if dataset.limit is not None:
             samples = samples[: dataset.limit]
         cache = PredictionCache(out_dir / "predictions" / f"{dataset.name}.jsonl")
-        predict_dataset(model, samples, dataset, cache, spec.batch_size, progress)
-        skipped = cache.skipped()
-        scored = [s for s in samples if s["key"] not in skipped]
-        metrics, dataset_curves = score(scored, cache.predictions(), dataset.task, dataset.metrics, protocol,
-                                        dataset.coco_style, _lvis_frequency(dataset.annotations, dataset.format))
-        metrics["samples"] = float(len(scored))
-        metrics["skipped_images"] = float(unreadable + len(skipped & {s["key"] for s in samples}))
+        metrics, dataset_curves = evaluate_samples(model, samples, dataset, protocol, spec.batch_size, cache, progress)
+        metrics["skipped_images"] += unreadable
         results[dataset.name], curves[dataset.name] = metrics, dataset_curves
     write_reports(results, curves, out_dir, title=f"{spec.name} ({get_protocol(protocol).name} protocol)")
     return results
@@ -285,4 +312,5 @@ def score_files(predictions: str | os.PathLike, annotations: str | os.PathLike, 
     return result, curves
 
 
-__all__ = ["BenchmarkSpec", "DatasetSpec", "PredictionCache", "predict_dataset", "run_benchmark", "score_files"]
+__all__ = ["BenchmarkSpec", "DatasetSpec", "PredictionCache", "evaluate_samples", "predict_dataset", "run_benchmark",
+           "score_files"]

@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+import numpy as np
+
 from .coco import coco_ap
 from .data import Prediction, is_coco_style
+from .example import score_prediction
 from .f1 import box_f1
 from .keypoints import keypoint_scores
 from .language import language_metrics
@@ -55,6 +58,7 @@ def score(samples: list[dict], predictions: Mapping[str, Prediction], task: str 
     if "f1" in metrics:
         f1 = box_f1(samples, predictions, protocol, coco_style, detection_set)
         out.update(f1.metrics())
+        out["mean_iou"] = mean_iou(samples, predictions)
         curves["f1_vs_iou"] = {"thresholds": f1.thresholds.tolist(), "f1": f1.f1.tolist(),
                                "precision": f1.precision.tolist(), "recall": f1.recall.tolist()}
     if "coco" in metrics:
@@ -83,6 +87,16 @@ def score(samples: list[dict], predictions: Mapping[str, Prediction], task: str 
     if "language" in metrics:
         out.update(language_metrics(samples, predictions, protocol))
     return out, curves
+
+
+def mean_iou(samples: list[dict], predictions: Mapping[str, Prediction]) -> float:
+    """Mean over every ground-truth box of its IoU with the prediction matched to it one to one
+    within its phrase (0 when none overlaps), by the per-example scorer."""
+    ious = []
+    for sample in samples:
+        prediction = predictions.get(sample["key"], Prediction())
+        ious += score_prediction(prediction, sample.get("objects", [])).best_iou
+    return float(np.mean(ious)) if ious else 0.0
 
 
 def _one_class(samples: list[dict], predictions: Mapping[str, Prediction], name: str = "object"):

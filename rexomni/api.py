@@ -9,29 +9,18 @@ grammar by default (:mod:`rexomni.constrained`).
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from .codec import get_codec
-from .grammar import ParsedOutput, parse_output
+from .grammar import parse_output
 from .images import fit_aspect_ratio, load_image
 from .modeling import RexOmniSettings
 from .prompts import KEYPOINT_NAMES, SYSTEM_PROMPT, build_messages, build_prompt
-from .tokens import coord_tokens, decode_answer
-
-# Public task names (and their short aliases) -> (prompt template, item kind it answers with).
-TASK_ITEMS = {
-    "detection": "box", "pointing": "point", "visual_prompting": "box", "keypoint": "keypoints",
-    "ocr_box": "box", "ocr_polygon": "polygon", "gui_grounding": "box", "gui_pointing": "point",
-}
-TASK_ALIASES = {"detect": "detection", "point": "pointing", "visual_prompt": "visual_prompting",
-                "keypoints": "keypoint", "ocr": "ocr_box", "gui": "gui_grounding"}
-FREE_PHRASE_TASKS = ("ocr_box", "ocr_polygon")  # the phrase is the recognised text
+from .result import Result, build_result
+from .tasks import TASKS, get_task
+from .tokens import coord_id_to_bin, decode_answer, end_of_answer_ids
 
 DEFAULT_MAX_NEW_TOKENS = 1024
 
@@ -49,156 +38,7 @@ def resolve_device(device: str) -> str:
 
 
 def canonical_task(task: str) -> str:
-    task = TASK_ALIASES.get(task, task)
-    if task not in TASK_ITEMS:
-        raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASK_ITEMS) + sorted(TASK_ALIASES)}")
-    return task
-
-
-# --------------------------------------------------------------------------- results
-
-
-@dataclass
-class Result:
-    """What the model found in one image, in pixels of the original image.
-
-    ``labels`` and ``scores`` run along the task's items: boxes (detection, visual prompts, OCR
-    boxes, GUI grounding), points (pointing, GUI pointing), polygons (OCR polygons; ``boxes``
-    then holds their bounding boxes) or keypoint instances (``boxes`` holds the instance boxes).
-    """
-
-    task: str
-    width: int
-    height: int
-    labels: list[str] = field(default_factory=list)
-    scores: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
-    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), dtype=np.float32))
-    points: np.ndarray | None = None
-    polygons: list[np.ndarray] | None = None
-    keypoints: list[dict[str, list[float] | None]] | None = None
-    absent: list[str] = field(default_factory=list)  # phrases the model answered with None
-    raw_text: str = ""
-    problems: list[str] = field(default_factory=list)
-    num_prompt_tokens: int = 0
-    num_generated_tokens: int = 0
-    seconds: float = 0.0  # this image's share of its batch's wall time
-    timing: dict[str, float] = field(default_factory=dict)  # the batch's stages, in seconds
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready types."""
-        out = {
-            "task": self.task, "width": self.width, "height": self.height, "labels": list(self.labels),
-            "scores": [float(s) for s in self.scores], "boxes": np.asarray(self.boxes, dtype=float).tolist(),
-            "absent": list(self.absent), "raw_text": self.raw_text, "problems": list(self.problems),
-            "num_prompt_tokens": self.num_prompt_tokens, "num_generated_tokens": self.num_generated_tokens,
-            "seconds": self.seconds, "timing": dict(self.timing),
-        }
-        if self.points is not None:
-            out["points"] = np.asarray(self.points, dtype=float).tolist()
-        if self.polygons is not None:
-            out["polygons"] = [np.asarray(p, dtype=float).tolist() for p in self.polygons]
-        if self.keypoints is not None:
-            out["keypoints"] = self.keypoints
-        return out
-
-    def to_coco(self, image_id: int, category_ids: dict[str, int] | None = None) -> list[dict[str, Any]]:
-        """COCO detections ``{image_id, category_id, bbox: [x, y, w, h], score}``.
-
-        ``category_ids`` maps labels to ids; labels not in it are skipped. Without it the
-        ``category_id`` is the label itself (a string), for callers that map later.
-        """
-        detections = []
-        for label, score, (x0, y0, x1, y1) in zip(self.labels, self.scores, np.asarray(self.boxes)):
-            if category_ids is not None and label not in category_ids:
-                continue
-            detections.append({
-                "image_id": image_id, "category_id": category_ids[label] if category_ids is not None else label,
-                "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)], "score": float(score),
-            })
-        return detections
-
-    def to_pipeline(self) -> list[dict[str, Any]]:
-        """The ``zero-shot-object-detection`` schema: ``[{score, label, box: {xmin, ymin, xmax, ymax}}]``."""
-        return [
-            {"score": float(s), "label": label,
-             "box": {"xmin": float(b[0]), "ymin": float(b[1]), "xmax": float(b[2]), "ymax": float(b[3])}}
-            for label, s, b in zip(self.labels, self.scores, np.asarray(self.boxes))
-        ]
-
-
-def item_score(logprobs: Sequence[float]) -> float:
-    """Confidence of one item: the geometric mean probability of the coordinate tokens that wrote it.
-
-    ``exp(mean(log p))`` with p the model's softmax probability (temperature 1, before any
-    constraint or penalty) of each coordinate token as it was written.
-    """
-    if len(logprobs) == 0:
-        return float("nan")
-    return float(math.exp(sum(logprobs) / len(logprobs)))
-
-
-def build_result(task: str, parsed: ParsedOutput, width: int, height: int, coord_logprobs: list[tuple[int, float]],
-                 raw_text: str) -> Result:
-    """Parsed answer + per-coordinate-token log-probabilities -> a :class:`Result`.
-
-    ``coord_logprobs`` are the (bin, log p) of the coordinate tokens in the order they were written;
-    they are paired with the items' bins in text order.
-    """
-    kind = TASK_ITEMS[task]
-    result = Result(task=task, width=width, height=height, raw_text=raw_text, problems=list(parsed.problems))
-    cursor = 0
-    labels, scores, boxes, points, polygons, keypoints = [], [], [], [], [], []
-    skipped = 0
-    for phrase, items in parsed.phrases.items():
-        if not items:
-            result.absent.append(phrase)
-        for item in items:
-            bins = list(item.bins)
-            found, cursor = _match_bins(coord_logprobs, bins, cursor)
-            if item.kind != kind and not (kind == "box" and item.kind == "keypoints"):
-                skipped += 1
-                continue
-            labels.append(phrase)
-            scores.append(item_score(found))
-            if item.kind in ("box", "keypoints"):
-                boxes.append(item.coords)
-                if item.kind == "keypoints":
-                    keypoints.append(item.keypoints or {})
-            elif item.kind == "point":
-                points.append(item.coords)
-            else:
-                poly = np.asarray(item.coords, dtype=np.float32)
-                polygons.append(poly)
-                boxes.append([*poly.min(0), *poly.max(0)])
-    if skipped:
-        result.problems.append(f"{skipped} items not of kind {kind} ignored")
-    result.labels = labels
-    result.scores = np.asarray(scores, dtype=np.float32)
-    result.boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    if kind == "point":
-        result.points = np.asarray(points, dtype=np.float32).reshape(-1, 2)
-    if kind == "polygon":
-        result.polygons = polygons
-    if kind == "keypoints":
-        result.keypoints = keypoints
-    return result
-
-
-def _match_bins(coord_logprobs: list[tuple[int, float]], bins: list[int], cursor: int) -> tuple[list[float], int]:
-    """Log-probs of ``bins`` written in order from ``cursor``; stray coordinate tokens are skipped."""
-    found, i = [], cursor
-    for b in bins:
-        j = i
-        while j < len(coord_logprobs) and coord_logprobs[j][0] != b:
-            j += 1
-        if j == len(coord_logprobs):
-            return found, i  # not found (e.g. written as text pieces): score from what matched
-        found.append(coord_logprobs[j][1])
-        i = j + 1
-    return found, i
+    return get_task(task).name
 
 
 # --------------------------------------------------------------------------- token log-probabilities
@@ -256,8 +96,7 @@ class RexOmni:
         self.backend = backend
         self.device = device
         self.name = name
-        coord_ids = self.tokenizer.convert_tokens_to_ids(coord_tokens(settings.num_bins))
-        self._coord_bin = {tid: b for b, tid in enumerate(coord_ids)}
+        self._coord_bin = coord_id_to_bin(self.tokenizer, settings.num_bins)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -437,13 +276,13 @@ class RexOmni:
         processors = []
         if repetition_penalty and repetition_penalty != 1.0:
             processors.append(RepetitionPenaltyLogitsProcessor(repetition_penalty))
-        kind = TASK_ITEMS[task]
-        if constrained and kind != "keypoints":
+        spec = TASKS[task]
+        if constrained and spec.item != "keypoints":
             from .constrained import GrammarConstrainedLogitsProcessor
 
             processors.append(GrammarConstrainedLogitsProcessor(
-                self.tokenizer, None if task in FREE_PHRASE_TASKS else phrases, item=kind,
-                max_boxes=max_boxes, max_new_tokens=max_new_tokens))
+                self.tokenizer, None if spec.free_phrases else phrases, item=spec.item,
+                max_boxes=max_boxes, max_new_tokens=max_new_tokens, num_bins=self.settings.num_bins))
         return processors
 
     def _run_batch(self, task: str, requests: list[dict], *, constrained: bool, scores: bool,
@@ -462,6 +301,7 @@ class RexOmni:
 
         gen = self._generation_settings(max_new_tokens, generate_kwargs)
         repetition_penalty = gen.pop("repetition_penalty", 1.0)
+        synced_gpus = gen.pop("synced_gpus", False)  # a generate() argument, not a generation setting (ZeRO-3)
         processors = self.logits_processors(task, [r["phrases"] for r in requests], constrained=constrained,
                                             max_boxes=max_boxes, max_new_tokens=gen["max_new_tokens"],
                                             repetition_penalty=repetition_penalty)
@@ -471,10 +311,10 @@ class RexOmni:
         gen.setdefault("do_sample", False)
         config = GenerationConfig(
             pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=[self.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")],
+            eos_token_id=end_of_answer_ids(self.tokenizer),
             **gen)
         with torch.inference_mode():
-            sequences = self.model.generate(**inputs, generation_config=config,
+            sequences = self.model.generate(**inputs, generation_config=config, synced_gpus=synced_gpus,
                                             logits_processor=LogitsProcessorList(processors))
         t2 = time.perf_counter()
 
@@ -511,7 +351,7 @@ class RexOmni:
 
 def _answer_length(tokenizer, ids: list[int]) -> int:
     """Index of the first end-of-turn token (the answer's end)."""
-    stop = {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
+    stop = set(end_of_answer_ids(tokenizer))
     return next((i for i, t in enumerate(ids) if t in stop), len(ids))
 
 

@@ -77,7 +77,7 @@ def detect_main(argv: list[str] | None = None) -> int:
                                         max_boxes=args.max_boxes, max_new_tokens=args.max_new_tokens,
                                         batch_size=args.batch_size)
                 for (path, img), result in zip(loaded, results):
-                    _keep_above(result, args.threshold)
+                    result = result.filter(args.threshold)
                     out.write(json.dumps({"image": path, **result.to_dict()}, ensure_ascii=False) + "\n")
                     if args.draw:
                         _save_drawing(img, result, path, args.draw)
@@ -89,23 +89,6 @@ def detect_main(argv: list[str] | None = None) -> int:
             out.close()
     print(f"rexomni detect: {done} images done, {skipped} skipped", file=sys.stderr)
     return 0 if done else 1
-
-
-def _keep_above(result, threshold: float) -> None:
-    """Drop items whose score is below ``threshold`` (items without a score are kept)."""
-    if threshold <= 0:
-        return
-    keep = ~(result.scores < threshold)
-    result.labels = [label for label, k in zip(result.labels, keep) if k]
-    result.scores = result.scores[keep]
-    if len(result.boxes) == len(keep):
-        result.boxes = result.boxes[keep]
-    if result.points is not None:
-        result.points = result.points[keep]
-    if result.polygons is not None:
-        result.polygons = [p for p, k in zip(result.polygons, keep) if k]
-    if result.keypoints is not None:
-        result.keypoints = [p for p, k in zip(result.keypoints, keep) if k]
 
 
 def _save_drawing(image, result, source: str, folder: str) -> None:

@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import LogitsProcessor
 
-from .tokens import BOX_END, BOX_START, IM_END, OBJECT_REF_END, OBJECT_REF_START, coord_tokens
-
-ITEM_LENGTHS = {"box": 4, "point": 2, "polygon": 6}
+from .grammar import ITEM_LENGTHS
+from .tokens import BOX_END, BOX_START, IM_END, NUM_BINS, OBJECT_REF_END, OBJECT_REF_START, coord_id_to_bin
 
 
 class _Trie:
@@ -78,7 +77,8 @@ class GrammarConstrainedLogitsProcessor(LogitsProcessor):
     """
 
     def __init__(self, tokenizer, phrases: Sequence[str] | Sequence[Sequence[str]] | None, *, item: str = "box",
-                 max_boxes: int | None = None, max_new_tokens: int = 1024, max_phrase_tokens: int = 32):
+                 max_boxes: int | None = None, max_new_tokens: int = 1024, max_phrase_tokens: int = 32,
+                 num_bins: int = NUM_BINS):
         if item not in ITEM_LENGTHS:
             raise ValueError(f"item must be one of {sorted(ITEM_LENGTHS)}, got {item!r}")
         if max_boxes is not None and max_boxes < 0:
@@ -95,8 +95,8 @@ class GrammarConstrainedLogitsProcessor(LogitsProcessor):
         self.box_start, self.box_end = ids(BOX_START), ids(BOX_END)
         self.im_end = ids(IM_END)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.im_end
-        coord_ids = [ids(t) for t in coord_tokens()]
-        self.coord_bin = {tid: b for b, tid in enumerate(coord_ids)}
+        self.coord_bin = coord_id_to_bin(tokenizer, num_bins)
+        coord_ids = list(self.coord_bin)
         self.coord_tensor = torch.tensor(coord_ids)
         self.none_seq = self._encode("None")
         self.comma_seq = self._encode(",")

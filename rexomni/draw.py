@@ -6,6 +6,7 @@ import colorsys
 import zlib
 from typing import Any
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .images import load_image
@@ -30,46 +31,44 @@ def label_color(label: str) -> tuple[int, int, int]:
 
 def draw_result(image: Any, result, *, show_scores: bool = True, line_width: int | None = None,
                 point_radius: int | None = None, skeleton=PERSON_SKELETON) -> Image.Image:
-    """A copy of ``image`` (anything :func:`rexomni.images.load_image` reads) with ``result`` drawn.
+    """A copy of ``image`` (anything :func:`rexomni.images.load_image` reads) with ``result`` (a
+    :class:`rexomni.result.Result`) drawn: boxes, points, polygons and skeletons, each with its label and score.
 
-    ``result`` is a :class:`rexomni.api.Result` (or its ``to_dict()``).
+    Lines and captions scale with the image; a caption sits outside its box (above, else below),
+    so on a small image it never hides the object.
     """
     canvas = load_image(image).copy()
-    r = result.to_dict() if hasattr(result, "to_dict") else result
     width, height = canvas.size
     if line_width is None:
         line_width = max(1, round(max(width, height) / 300))
     if point_radius is None:
         point_radius = max(2, line_width * 2)
     draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
-    labels, scores = r.get("labels", []), r.get("scores", [])
-    boxes = r.get("boxes") or []
-    points = r.get("points") or []
-    polygons = r.get("polygons") or []
-    keypoints = r.get("keypoints") or []
-    for i, label in enumerate(labels):
+    font = ImageFont.load_default(size=max(8, min(16, round(min(width, height) / 20))))
+    n = len(result.labels)
+    boxes = result.boxes if len(result.boxes) == n else None
+    for i, label in enumerate(result.labels):
         color = label_color(label)
-        score = scores[i] if i < len(scores) else float("nan")
+        score = float(result.scores[i]) if i < len(result.scores) else float("nan")
         caption = f"{label} {score:.2f}" if show_scores and score == score else label
-        anchor = None
-        if i < len(polygons):
-            flat = [tuple(p) for p in polygons[i]]
+        extent = None  # (x0, y0, x1, y1) the caption must stay clear of
+        if result.polygons is not None:
+            flat = [tuple(p) for p in np.asarray(result.polygons[i]).tolist()]
             if len(flat) >= 2:
                 draw.line(flat + [flat[0]], fill=color, width=line_width)
-            anchor = flat[0] if flat else None
-        elif i < len(boxes) and not points:
+            extent = boxes[i] if boxes is not None else None
+        elif result.points is not None:
+            x, y = result.points[i]
+            draw.ellipse([x - point_radius, y - point_radius, x + point_radius, y + point_radius], fill=color)
+            extent = (x - point_radius, y - point_radius, x + point_radius, y + point_radius)
+        elif boxes is not None:
             x0, y0, x1, y1 = boxes[i]
             draw.rectangle([x0, y0, max(x0, x1), max(y0, y1)], outline=color, width=line_width)
-            anchor = (x0, y0)
-        if i < len(points):
-            x, y = points[i]
-            draw.ellipse([x - point_radius, y - point_radius, x + point_radius, y + point_radius], fill=color)
-            anchor = (x + point_radius, y)
-        if i < len(keypoints):
-            _draw_skeleton(draw, keypoints[i], color, line_width, point_radius, skeleton)
-        if anchor is not None:
-            _caption(draw, font, anchor, caption, color)
+            extent = (x0, y0, x1, y1)
+        if result.keypoints is not None:
+            _draw_skeleton(draw, result.keypoints[i], color, line_width, point_radius, skeleton)
+        if extent is not None:
+            _caption(draw, font, extent, caption, color, (width, height))
     return canvas
 
 
@@ -84,12 +83,15 @@ def _draw_skeleton(draw, joints: dict, color, line_width: int, radius: int, skel
             draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=(255, 255, 255), outline=color)
 
 
-def _caption(draw, font, anchor, text: str, color) -> None:
-    x, y = anchor
+def _caption(draw, font, extent, text: str, color, image_size) -> None:
+    """``text`` on a filled tag just above ``extent``, or just below it when there is no room above."""
+    x0, y0, x1, y1 = (float(v) for v in extent)
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    h = bottom - top
-    y = y - h - 2 if y - h - 2 >= 0 else y
-    draw.rectangle([x, y, x + right - left + 4, y + h + 2], fill=color)
+    w, h = right - left + 4, bottom - top + 2
+    image_w, image_h = image_size
+    x = min(max(0.0, x0), max(0.0, image_w - w))
+    y = y0 - h - 1 if y0 - h - 1 >= 0 else min(y1 + 1, image_h - h)
+    draw.rectangle([x, y, x + w, y + h], fill=color)
     # Dark text on light colours, light text on dark ones.
     luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
     draw.text((x + 2, y - top + 1), text, fill=(0, 0, 0) if luminance > 140 else (255, 255, 255), font=font)

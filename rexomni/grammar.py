@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,7 +24,9 @@ import numpy as np
 from .codec import CoordCodec, get_codec
 from .tokens import BOX_END, BOX_START, END_OF_TEXT, IM_END, OBJECT_REF_END, OBJECT_REF_START, coord_token
 
-KINDS = ("box", "point", "polygon", "keypoints")
+# Coordinates per item: a box 4, a point 2, a polygon at least 6 (and even). The parser, the
+# constrained decoder and the vLLM regular expression all read this.
+ITEM_LENGTHS = {"box": 4, "point": 2, "polygon": 6}
 MAX_PROBLEMS = 20
 UNVISIBLE = "unvisible"
 
@@ -145,10 +147,9 @@ def format_answer(
             raise ValueError(f"object phrase {phrase!r} is not among the asked phrases {list(groups)}")
         item_kind, geometry = _geometry(obj, kind)
         bins = encode_item(geometry, width, height, codec)
-        if item_kind == "box" and len(bins) != 4 or item_kind == "point" and len(bins) != 2:
+        if item_kind in ("box", "point") and len(bins) != ITEM_LENGTHS[item_kind]:
             raise ValueError(
-                f"object {phrase!r}: a {item_kind} needs {4 if item_kind == 'box' else 2} numbers, got {len(bins)}"
-            )
+                f"object {phrase!r}: a {item_kind} needs {ITEM_LENGTHS[item_kind]} numbers, got {len(bins)}")
         groups.setdefault(phrase, []).append((_sort_key(item_kind, bins), bins))
     parts = []
     for phrase, entries in groups.items():
@@ -304,7 +305,9 @@ class _Reader:
         if not bins:
             return
         n = len(bins)
-        kind = "box" if n == 4 else "point" if n == 2 else "polygon" if n >= 6 and n % 2 == 0 else None
+        kind = next((k for k in ("box", "point") if n == ITEM_LENGTHS[k]), None)
+        if kind is None and n >= ITEM_LENGTHS["polygon"] and n % 2 == 0:
+            kind = "polygon"
         if kind is None:
             self.out._problem(
                 f"{'truncated item' if last else f'item with {n} coordinates'} in group {_short(phrase)} dropped"
@@ -401,3 +404,24 @@ class _Reader:
                     self.out._problem(f"keypoint {_short(str(joint))} of {_short(str(name))} unreadable")
                 item.keypoints[joint] = None
         self.out._add(phrase, [item])
+
+
+# --------------------------------------------------------------------------- as a regular expression
+
+
+def answer_regex(phrases: Sequence[str] | None, item: str = "box", max_items_per_group: int | None = None) -> str:
+    """A regular expression that matches exactly the answers the grammar writes, for engines that
+    constrain decoding by regex (vLLM's structured outputs).
+
+    ``phrases`` None allows any phrase text without markers (OCR). What a regex cannot state cheaply
+    (x1 >= x0, no repeated item, the token budget) is left to :mod:`rexomni.constrained`.
+    """
+    coord = r"<(?:[0-9]|[1-9][0-9]|[1-9][0-9][0-9])>"
+    n = ITEM_LENGTHS[item]
+    unit = f"(?:{coord}){{{n}}}" if item != "polygon" else f"(?:{coord}{coord}){{{n // 2},}}"
+    phrase = "(?:" + "|".join(re.escape(p) for p in phrases) + ")" if phrases else r"[^<>]{1,200}"
+    more = "*" if max_items_per_group is None else f"{{0,{max(0, max_items_per_group - 1)}}}"
+    body = f"(?:None|{unit}(?:,{unit}){more})"
+    group = (re.escape(OBJECT_REF_START) + phrase + re.escape(OBJECT_REF_END) + re.escape(BOX_START) + body
+             + re.escape(BOX_END))
+    return f"{group}(?:, {group})*"

@@ -20,9 +20,11 @@ from typing import Any
 
 from .codec import CODECS
 from .processing import RELEASED_MAX_PIXELS, RELEASED_MIN_PIXELS
+from .tokens import NUM_BINS
 
 SETTINGS_FILE = "rexomni_config.json"
-PROMPT_STYLES = ("released",)
+# Keys that earlier versions wrote and that no longer mean anything: read and dropped.
+_RETIRED_KEYS = {"prompt_style": "released"}
 
 # The from-scratch presets (tiny, small) turn M-RoPE's frequencies down to theta 10. Qwen2.5-VL
 # gives the width positions its lowest frequencies: at theta 1e6 a step of one image token turns
@@ -67,14 +69,13 @@ class RexOmniSettings:
     num_bins: int = 1000
     min_pixels: int = RELEASED_MIN_PIXELS
     max_pixels: int = RELEASED_MAX_PIXELS
-    prompt_style: str = "released"
     generation: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.coord_codec not in CODECS:
             raise ValueError(f"coord_codec must be one of {CODECS}, got {self.coord_codec!r}")
-        if self.prompt_style not in PROMPT_STYLES:
-            raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {self.prompt_style!r}")
+        if not 2 <= self.num_bins <= NUM_BINS:
+            raise ValueError(f"num_bins must be between 2 and {NUM_BINS} (the tokens <0>..<999>), got {self.num_bins}")
         if not 0 < self.min_pixels <= self.max_pixels:
             raise ValueError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
 
@@ -87,6 +88,7 @@ class RexOmniSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "settings") -> RexOmniSettings:
+        data = {k: v for k, v in data.items() if _RETIRED_KEYS.get(k, object()) != v}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -142,7 +144,7 @@ def build_model(preset: str, tokenizer, *, seed: int = 0, device: str | None = N
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from .tokens import grow_embeddings, prepare_tokenizer
+    from .tokens import end_of_answer_ids, grow_embeddings, prepare_tokenizer
 
     config = preset_config(preset, tokenizer)
     config.text_config._attn_implementation = config._attn_implementation = "sdpa"
@@ -155,7 +157,7 @@ def build_model(preset: str, tokenizer, *, seed: int = 0, device: str | None = N
     if device != "meta":
         grow_embeddings(model, tokenizer, token_ids)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    model.generation_config.eos_token_id = end_of_answer_ids(tokenizer)
     return model
 
 

@@ -51,9 +51,15 @@ class TokenIds:
     markers: dict[str, int]
     added: list[str] = field(default_factory=list)
 
-    @property
-    def coord_id_to_bin(self) -> dict[int, int]:
-        return {tid: b for b, tid in enumerate(self.coords)}
+
+def coord_id_to_bin(tokenizer, num_bins: int = NUM_BINS) -> dict[int, int]:
+    """Token id -> bin of the coordinate tokens ``<0>``..``<num_bins - 1>``."""
+    return {tid: b for b, tid in enumerate(tokenizer.convert_tokens_to_ids(coord_tokens(num_bins)))}
+
+
+def end_of_answer_ids(tokenizer) -> list[int]:
+    """The tokens that end an answer: ``<|im_end|>``, and ``<|endoftext|>`` for models that write it instead."""
+    return tokenizer.convert_tokens_to_ids([IM_END, END_OF_TEXT])
 
 
 def prepare_tokenizer(tokenizer, num_bins: int = NUM_BINS) -> TokenIds:
@@ -182,7 +188,7 @@ def decode_answer(tokenizer, ids) -> str:
     would have decoded.
     """
     ids = [int(i) for i in ids]
-    stop = {tokenizer.convert_tokens_to_ids(t) for t in (IM_END, END_OF_TEXT)}
+    stop = set(end_of_answer_ids(tokenizer))
     if tokenizer.pad_token_id is not None:
         stop.add(tokenizer.pad_token_id)
     start = 0

@@ -4,7 +4,7 @@ Same prompts, parsing, results and score definition as the transformers backend;
 moves to a vLLM engine. What differs:
 
 - Constrained decoding uses vLLM's structured outputs with a regular expression of the grammar
-  (:func:`grammar_regex`): phrases limited to the requested ones, whole boxes/points, ``None``,
+  (:func:`rexomni.grammar.answer_regex`): phrases limited to the requested ones, whole boxes/points, ``None``,
   the group separators and a bound on items per group. The rules a regex cannot state cheaply
   (x1 >= x0, no repeated box, the token budget) are only enforced by the transformers backend.
 - Scores use the log-probability vLLM reports for each sampled token (``logprobs=0``), which is
@@ -17,29 +17,13 @@ moves to a vLLM engine. What differs:
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
 from typing import Any
 
-from .api import FREE_PHRASE_TASKS, TASK_ITEMS, Result, RexOmni
-from .tokens import BOX_END, BOX_START, OBJECT_REF_END, OBJECT_REF_START
-
-_COORD = r"<(?:[0-9]|[1-9][0-9]|[1-9][0-9][0-9])>"
-_ITEM = {"box": f"(?:{_COORD}){{4}}", "point": f"(?:{_COORD}){{2}}", "polygon": f"(?:{_COORD}{_COORD}){{3,}}"}
-
-
-def grammar_regex(phrases: Sequence[str] | None, item: str = "box", max_items_per_group: int | None = None) -> str:
-    """A regular expression that matches exactly the answers the grammar allows.
-
-    ``phrases`` None allows any phrase text without markers (OCR).
-    """
-    phrase = "(?:" + "|".join(re.escape(p) for p in phrases) + ")" if phrases else r"[^<>]{1,200}"
-    unit = _ITEM[item]
-    more = "*" if max_items_per_group is None else f"{{0,{max(0, max_items_per_group - 1)}}}"
-    body = f"(?:None|{unit}(?:,{unit}){more})"
-    group = re.escape(OBJECT_REF_START) + phrase + re.escape(OBJECT_REF_END) + re.escape(BOX_START) + body + \
-        re.escape(BOX_END)
-    return f"{group}(?:, {group})*"
+from .api import RexOmni
+from .grammar import answer_regex
+from .result import Result
+from .tasks import TASKS
+from .tokens import end_of_answer_ids
 
 
 class VLLMDetector(RexOmni):
@@ -78,7 +62,7 @@ class VLLMDetector(RexOmni):
         sampling = {
             "max_tokens": gen.pop("max_new_tokens"),
             "repetition_penalty": gen.pop("repetition_penalty", 1.0),
-            "stop_token_ids": [self.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")],
+            "stop_token_ids": end_of_answer_ids(self.tokenizer),
             "skip_special_tokens": False,
             "spaces_between_special_tokens": False,
         }
@@ -94,13 +78,13 @@ class VLLMDetector(RexOmni):
             raise ValueError(f"the vllm backend does not take {sorted(gen)}")
         if scores:
             sampling["logprobs"] = 0  # the sampled token's log-probability
-        kind = TASK_ITEMS[task]
+        spec = TASKS[task]
         out = []
         for request in requests:
             params = dict(sampling)
-            if constrained and kind != "keypoints":
-                phrases = None if task in FREE_PHRASE_TASKS else request["phrases"]
-                params["regex"] = grammar_regex(phrases, kind, max_boxes)
+            if constrained and spec.item != "keypoints":
+                phrases = None if spec.free_phrases else request["phrases"]
+                params["regex"] = answer_regex(phrases, spec.item, max_boxes)
             prompt = {"prompt": self.chat_text(request["prompt"]), "multi_modal_data": {"image": request["image"]}}
             out.append((prompt, params))
         return out

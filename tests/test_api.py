@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from rexomni.api import Result, canonical_task
+from rexomni.api import canonical_task
 from rexomni.grammar import parse_output
+from rexomni.result import Result
 from rexomni.tokens import NEG_BOX_START, NEG_REF_END, NEG_REF_START
 
 

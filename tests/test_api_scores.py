@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rexomni.api import RexOmni, item_score
+from rexomni.api import RexOmni
 from rexomni.grammar import format_answer
+from rexomni.result import item_score
 from rexomni.tokens import IM_END
 
 OBJECTS = [{"phrase": "dog", "bbox": [10, 20, 60, 90]}, {"phrase": "cat", "bbox": [70, 5, 100, 40]}]

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rexomni.api import Result
 from rexomni.cli import main
 from rexomni.draw import draw_result, label_color
+from rexomni.result import Result
 
 
 def _write_images(folder, n=3):
@@ -100,3 +100,29 @@ def test_model_init_takes_a_tokenizer_folder(tmp_path):
     assert main(["model", "init", "--preset", "tiny", "--out", folder, "--tokenizer", str(tmp_path / "tok")]) == 0
     tokenizer = AutoTokenizer.from_pretrained(folder)
     assert "<999>" in tokenizer.get_vocab() and "<|neg_ref_start|>" in tokenizer.get_vocab()
+
+
+@pytest.mark.parametrize("box", [[40, 40, 80, 80], [30, 0, 70, 30], [0, 90, 112, 112]])
+def test_captions_on_a_small_image_never_cover_the_box(box):
+    """On a 112-px image the label sits above the box, or below it when the box touches the top."""
+    image = np.zeros((112, 112, 3), np.uint8)
+    result = Result(task="detection", width=112, height=112, labels=["red circle"], scores=np.array([0.93], np.float32),
+                    boxes=np.array([box], np.float32))
+    drawn = np.asarray(draw_result(image, result)).astype(int)
+    x0, y0, x1, y1 = box
+    assert drawn[y0 + 2:y1 - 1, x0 + 2:x1 - 1].sum() == 0, "the inside of the box stays visible"
+    outside = drawn.copy()
+    outside[y0:y1 + 1, x0:x1 + 1] = 0
+    assert outside.sum() > 0, "the caption is drawn next to the box"
+
+
+def test_result_filter_keeps_items_at_or_above_the_threshold():
+    result = Result(task="detection", width=100, height=100, labels=["a", "b", "c"],
+                    scores=np.array([0.9, 0.2, np.nan], np.float32),
+                    boxes=np.arange(12, dtype=np.float32).reshape(3, 4))
+    kept = result.filter(0.5)
+    assert kept.labels == ["a", "c"] and kept.boxes.tolist() == [[0, 1, 2, 3], [8, 9, 10, 11]]
+    assert len(result) == 3, "the original is unchanged"
+    points = Result(task="pointing", width=10, height=10, labels=["p", "q"], scores=np.array([0.1, 0.8], np.float32),
+                    points=np.array([[1, 1], [2, 2]], np.float32))
+    assert points.filter(0.5).points.tolist() == [[2, 2]]
