@@ -333,9 +333,6 @@ def category_phrase(name: str) -> str:
     return " ".join(str(name).replace("_", " ").split())
 
 
-_phrase = category_phrase  # the short name other packages already import
-
-
 def _segmentation_mask(segmentation: Any, height: int | None, width: int | None) -> dict | None:
     """COCO segmentation (polygons, RLE or uncompressed RLE) -> compressed RLE in the schema form."""
     if not segmentation or not height or not width:
@@ -361,7 +358,7 @@ def _read_coco(path: str, report: ReadReport, masks: bool = True, keep_crowd: bo
                lvis: bool = False) -> Iterator[dict]:
     data = _load_json(path)
     categories = {c["id"]: c for c in data.get("categories", [])}
-    names = {cid: _phrase(c.get("name", "")) for cid, c in categories.items()}
+    names = {cid: category_phrase(c.get("name", "")) for cid, c in categories.items()}
     by_image = defaultdict(list)
     for ann in data.get("annotations", []):
         by_image[ann.get("image_id")].append(ann)
@@ -412,7 +409,7 @@ def _coco_keypoints(flat: list, names: list[str]) -> dict:
     for i, name in enumerate(names):
         x, y, v = flat[3 * i: 3 * i + 3]
         if v > 0:
-            points[_phrase(name)] = [float(x), float(y)]
+            points[category_phrase(name)] = [float(x), float(y)]
     return points
 
 
@@ -434,7 +431,7 @@ def _read_odvg(path: str, report: ReadReport, label_map: str | dict | None = Non
         if "detection" in record:
             for inst in (record["detection"] or {}).get("instances", []):
                 name = inst.get("category") or label_map.get(str(inst.get("label")))
-                obj = {"phrase": _phrase(name) if name else "", "bbox": inst.get("bbox")}
+                obj = {"phrase": category_phrase(name) if name else "", "bbox": inst.get("bbox")}
                 if not name:
                     obj["_unknown_category"] = True
                 objects.append(obj)

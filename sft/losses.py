@@ -4,7 +4,8 @@ coordinate tokens, and a hook for extra sequence-level losses.
 Soft labels: a coordinate one bin off is nearly right, which plain cross-entropy does not know. With
 ``sigma > 0`` the target at a coordinate position becomes a Gaussian over the neighbouring bins
 (sigma in bins), mixed with the one-hot target by ``weight``. It is OFF by default: on this
-project's from-scratch runs sigma 5 hurt (../shared/PLATFORM.md) and nothing has yet shown it helps.
+project's from-scratch runs sigma 5 hurt (tiny model, single-shape scenes, 600 s: mean IoU 0.35 against
+0.96 for plain cross-entropy) and nothing has yet shown it helps.
 
 Extra losses (the negative-prompt hinge loss plugs in here) are callables
 ``fn(model=, inputs=, outputs=, labels=) -> Tensor | (Tensor, dict of floats to log)``, named in
