@@ -13,27 +13,32 @@ import json
 import os
 import sys
 
-from rexomni.cli import build_parser
+from rexomni.cli import HelpFormatter, build_parser
 
 from .readers import FORMATS
-from .synth import MODES
+from .synth import MODES, SIZES
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = build_parser("data", "Data engines: synthetic scenes, format conversion, mixtures and negatives.")
     sub = parser.add_subparsers(dest="command", required=True)
+    add = lambda name, **kw: sub.add_parser(name, formatter_class=HelpFormatter, **kw)
 
-    synth = sub.add_parser("synth", help="write synthetic scenes (images + samples.jsonl)")
+    synth = add("synth", help="write synthetic scenes (images + samples.jsonl)")
     synth.add_argument("--n", type=int, required=True, help="number of scenes")
     synth.add_argument("--out", required=True, help="output folder")
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--seed", type=int, default=0, help="scene i is drawn with seed SEED * 1000003 + i")
     synth.add_argument("--size", type=int, default=224, help="image side in pixels")
     synth.add_argument("--mode", nargs="+", default=["shapes"], choices=MODES, help="scene kinds, taken in turn")
+    synth.add_argument("--objects", type=int, nargs=2, metavar=("MIN", "MAX"), default=None,
+                       help="objects per scene (default: the mode's own range)")
+    synth.add_argument("--sizes", nargs="+", choices=SIZES, default=None,
+                       help="object size classes of shapes/single scenes (default: all)")
     synth.add_argument("--negative-prob", type=float, default=0.0, help="chance of a negative phrase per shapes scene")
     synth.add_argument("--ood", action="store_true", help="draw only the held-out shape kinds")
     synth.add_argument("--format", default="png", choices=["png", "jpg"], help="image file format")
 
-    convert = sub.add_parser("convert", help="read a public format, print the report, write our JSONL")
+    convert = add("convert", help="read a public format, print the report, write our JSONL")
     convert.add_argument("input", help="annotation file or folder")
     convert.add_argument("--out", required=True, help="output .jsonl")
     convert.add_argument("--format", choices=FORMATS, default=None, help="detected when left out")
@@ -42,33 +47,42 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--split", default=None, help="refcoco: keep only this split")
     convert.add_argument("--label-map", default=None, help="odvg: JSON file mapping label ids to names")
 
-    mix = sub.add_parser("mix", help="draw examples from a mixture spec and print the counts per task")
+    mix = add("mix", help="draw examples from a mixture spec and print the counts per task")
     mix.add_argument("spec", help="mixture YAML")
-    mix.add_argument("--n", type=int, default=1000)
+    mix.add_argument("--n", type=int, default=1000, help="examples to draw")
     mix.add_argument("--seed", type=int, default=None, help="overrides the spec's seed")
     mix.add_argument("--out", default=None, help="write the examples as JSONL (in-memory images saved as PNG)")
 
-    neg = sub.add_parser("negatives", help="print foils (contradicting descriptions) of phrases")
-    neg.add_argument("phrases", nargs="+")
+    neg = add("negatives", help="print foils (contradicting descriptions) of phrases")
+    neg.add_argument("phrases", nargs="+", help="the phrases to find look-alikes of")
     neg.add_argument("--n", type=int, default=5, help="foils per phrase")
-    neg.add_argument("--seed", type=int, default=0)
+    neg.add_argument("--seed", type=int, default=0, help="seed of the rule foiler and of LLM sampling")
     neg.add_argument("--llm", default=None, help="local causal LM folder: LLM foils instead of rules")
     neg.add_argument("--endpoint", default=None, help="OpenAI-compatible API root (http://host:port/v1)")
     neg.add_argument("--model", default=None, help="model name for --endpoint")
-    neg.add_argument("--method", default="recombination", choices=["recombination", "summary"])
+    neg.add_argument("--method", default="recombination", choices=["recombination", "summary"],
+                     help="LLM prompting method: recombine the phrase's parts, or summarise then contradict")
     neg.add_argument("--cache", default=None, help="folder caching LLM answers")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return {"synth": _synth, "convert": _convert, "mix": _mix, "negatives": _negatives}[args.command](args)
+    try:
+        return {"synth": _synth, "convert": _convert, "mix": _mix, "negatives": _negatives}[args.command](args)
+    except (OSError, ValueError) as e:  # a missing or malformed input: one line, no traceback
+        print(f"rexomni data {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 def _synth(args) -> int:
     from .synth import OOD_KINDS, write_synth_dataset
 
     options = {"negative_prob": args.negative_prob}
+    if args.objects:
+        options["num_objects"] = tuple(args.objects)
+    if args.sizes:
+        options["sizes"] = args.sizes
     if args.ood:
         options["kinds"] = OOD_KINDS
     path = write_synth_dataset(args.out, args.n, seed=args.seed, size=args.size, modes=args.mode,

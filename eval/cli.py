@@ -22,7 +22,7 @@ def build_parser():
     model = parser.add_argument_group("benchmark a model")
     model.add_argument("--model", help="checkpoint folder or hub id loadable by RexOmni.from_pretrained")
     model.add_argument("--benchmark", help="benchmark spec YAML (see eval/benchmarks/)")
-    model.add_argument("--device", default="cpu", help="device for the model")
+    model.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, ...")
     model.add_argument("--backend", default="transformers", choices=["transformers", "vllm"],
                        help="inference backend (vllm: GPU only)")
     model.add_argument("--batch-size", type=int, default=None, help="override the spec's batch size")

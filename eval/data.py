@@ -205,14 +205,17 @@ def predictions_from_jsonl(lines: Iterable[dict], samples: list[dict]) -> dict[s
     keys = {s["key"] for s in samples}
     by_image = defaultdict(list)
     for s in samples:
-        by_image[str(s.get("image"))].append(s["key"])
+        for name in dict.fromkeys(_image_names(s.get("image"))):
+            by_image[name].append(s["key"])
     out = {}
     for n, line in enumerate(lines, 1):
         if line.get("skipped"):
             continue
         key = line.get("key")
         if key is None:
-            candidates = by_image.get(str(line.get("image")), [])
+            # The path as written, then as an absolute path (`rexomni detect` writes paths as given on
+            # its command line), then the file name when only one sample has it.
+            candidates = next((by_image[name] for name in _image_names(line.get("image")) if by_image.get(name)), [])
             if len(candidates) != 1:
                 raise ValueError(f"prediction line {n}: image {line.get('image')!r} matches {len(candidates)} "
                                  "samples; give a 'key'")
@@ -220,6 +223,14 @@ def predictions_from_jsonl(lines: Iterable[dict], samples: list[dict]) -> dict[s
         if key in keys:
             out[key] = Prediction.from_dict(line)
     return out
+
+
+def _image_names(image) -> list[str]:
+    """The names an image path can be matched by, most specific first."""
+    if image is None:
+        return []
+    text = str(image)
+    return [text, os.path.abspath(text), os.path.basename(text)]
 
 
 def predictions_from_coco(results: list[dict], samples: list[dict],

@@ -54,10 +54,20 @@ def main(argv: list[str] | None = None) -> int:
     return int(entry(rest) or 0)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends an option's default to its help, unless the help already speaks of it or there is none."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        shown = action.default is not None and action.default is not False and action.default != argparse.SUPPRESS
+        if "default" in text or not shown:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """A parser for one subcommand, named as users type it (``rexomni detect``)."""
-    return argparse.ArgumentParser(prog=f"rexomni {prog}", description=description,
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return argparse.ArgumentParser(prog=f"rexomni {prog}", description=description, formatter_class=HelpFormatter)
 
 
 if __name__ == "__main__":

@@ -36,11 +36,13 @@ def detect_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder or hub id")
     parser.add_argument("--out", default="-", help="results JSON Lines file ('-' for stdout)")
     parser.add_argument("--draw", default=None, metavar="DIR", help="also write annotated images here")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--backend", default="transformers", choices=("transformers", "vllm"))
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=None)
-    parser.add_argument("--max-boxes", type=int, default=None)
+    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--backend", default="transformers", choices=("transformers", "vllm"),
+                        help="inference engine (vllm: GPU only)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="answer length limit in tokens (default: the checkpoint's, else 1024)")
+    parser.add_argument("--max-boxes", type=int, default=None, help="stop after this many items per image")
     parser.add_argument("--threshold", type=float, default=0.0, help="drop items scoring below this")
     parser.add_argument("--no-constrained", action="store_true", help="let the model write freely")
     args = parser.parse_args(argv)

@@ -99,10 +99,10 @@ class Result:
         return detections
 
     def to_pipeline(self) -> list[dict[str, Any]]:
-        """The ``zero-shot-object-detection`` schema: ``[{score, label, box: {xmin, ymin, xmax, ymax}}]``."""
+        """The ``zero-shot-object-detection`` schema, exactly as transformers' pipeline writes it:
+        ``[{score, label, box: {xmin, ymin, xmax, ymax}}]`` with integer pixel boxes (truncated)."""
         return [
-            {"score": float(s), "label": label,
-             "box": {"xmin": float(b[0]), "ymin": float(b[1]), "xmax": float(b[2]), "ymax": float(b[3])}}
+            {"score": float(s), "label": label, "box": dict(zip(("xmin", "ymin", "xmax", "ymax"), map(int, b)))}
             for label, s, b in zip(self.labels, self.scores, np.asarray(self.boxes))
         ]
 

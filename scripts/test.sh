@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh train,eval,dev
-exec .venv/bin/python -m pytest -n 2 -q tests "$@"
+# --durations=15: the slowest tests, for whoever keeps CI under its time limit.
+exec .venv/bin/python -m pytest -n 2 -q --durations=15 tests "$@"

@@ -126,3 +126,23 @@ def test_result_filter_keeps_items_at_or_above_the_threshold():
     points = Result(task="pointing", width=10, height=10, labels=["p", "q"], scores=np.array([0.1, 0.8], np.float32),
                     points=np.array([[1, 1], [2, 2]], np.float32))
     assert points.filter(0.5).points.tolist() == [[2, 2]]
+
+
+def test_detect_output_scores_with_eval_predictions(tiny_checkpoint, tmp_path, monkeypatch):
+    """A newcomer's round trip with relative paths: synth scenes -> `rexomni detect` -> `rexomni eval --predictions`."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "synth", "--n", "3", "--out", "scenes", "--mode", "single", "--size", "112"]) == 0
+    assert main(["detect", "scenes/images", "--categories", "red circle,blue square", "--model", tiny_checkpoint,
+                 "--out", "detections.jsonl", "--max-new-tokens", "16"]) == 0
+    assert main(["eval", "--predictions", "detections.jsonl", "--annotations", "scenes/samples.jsonl",
+                 "--out", "metrics.json"]) == 0
+    with open("metrics.json") as f:
+        metrics = json.load(f)
+    metrics = metrics.get("metrics", metrics)
+    assert metrics["samples"] == 3 and metrics["samples_without_prediction"] == 0
+
+
+def test_data_convert_of_a_missing_file_is_one_line(tmp_path, capsys):
+    assert main(["data", "convert", str(tmp_path / "nope.json"), "--out", str(tmp_path / "x.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.json" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -30,6 +30,7 @@ def test_pipeline_speaks_the_zero_shot_object_detection_schema(detector, tiny_re
         assert set(d) == {"score", "label", "box"} and set(d["box"]) == {"xmin", "ymin", "xmax", "ymax"}
         assert d["label"] in ("dog", "cat") and 0 <= d["score"] <= 1
         assert 0 <= d["box"]["xmin"] <= d["box"]["xmax"] <= 80
+        assert all(type(v) is int for v in d["box"].values()), "integer pixels, as transformers' pipeline gives"
     # The same numbers as the API on the same checkpoint.
     api = tiny_rexomni.detect(_image(), ["dog", "cat"], max_new_tokens=30)
     assert sorted(d["score"] for d in out) == pytest.approx(sorted(api.scores.tolist()), rel=1e-4)
