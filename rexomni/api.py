@@ -19,7 +19,7 @@ from .images import fit_aspect_ratio, load_image
 from .modeling import RexOmniSettings
 from .prompts import KEYPOINT_NAMES, SYSTEM_PROMPT, build_messages, build_prompt
 from .result import Result, build_result
-from .tasks import TASKS, get_task
+from .tasks import get_task
 from .tokens import coord_id_to_bin, decode_answer, end_of_answer_ids
 
 DEFAULT_MAX_NEW_TOKENS = 1024
@@ -41,42 +41,6 @@ def canonical_task(task: str) -> str:
     return get_task(task).name
 
 
-# --------------------------------------------------------------------------- token log-probabilities
-
-
-class TokenLogProbRecorder:
-    """A logits processor, placed first, that records log p of each generated token.
-
-    At step t it sees the token chosen at step t-1 as the last input id and reads its
-    log-probability from the distribution it kept from step t-1; so it holds one (batch, vocab)
-    distribution at a time, never the whole history. :meth:`finish` adds the final token.
-    """
-
-    def __init__(self):
-        self.previous = None
-        self.logprobs: list = []
-
-    def __call__(self, input_ids, scores):
-        import torch
-
-        if self.previous is not None:
-            self.logprobs.append(self.previous.gather(1, input_ids[:, -1:]).squeeze(1))
-        self.previous = torch.log_softmax(scores.float(), dim=-1)
-        return scores
-
-    def finish(self, sequences, prompt_length: int):
-        """(batch, generated) log-probs aligned with ``sequences[:, prompt_length:]``."""
-        import torch
-
-        steps = sequences.shape[1] - prompt_length
-        values = list(self.logprobs)
-        if self.previous is not None and len(values) < steps:
-            values.append(self.previous.gather(1, sequences[:, prompt_length + len(values)][:, None]).squeeze(1))
-        if not values:
-            return torch.zeros(sequences.shape[0], 0)
-        return torch.stack(values[:steps], dim=1).cpu()
-
-
 # --------------------------------------------------------------------------- the detector
 
 
@@ -86,23 +50,29 @@ class RexOmni:
     Build it with :meth:`from_pretrained`. See docs/api.md.
     """
 
-    def __init__(self, model, processor, settings: RexOmniSettings, *, backend: str = "transformers",
-                 device: str = "cpu", name: str = ""):
+    def __init__(self, model, processor, settings: RexOmniSettings, *, engine=None, device: str = "cpu",
+                 name: str = ""):
+        """``model``: a transformers model (None when another engine, such as vLLM, generates);
+        ``engine``: what generates (default: a :class:`rexomni.engines.TransformersEngine` on ``model``)."""
+        from .engines import TransformersEngine
+
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.settings = settings
         self.codec = get_codec(settings.coord_codec, settings.num_bins)
-        self.backend = backend
+        self.engine = engine or TransformersEngine(model, processor, settings.num_bins)
+        self.backend = self.engine.name
         self.device = device
         self.name = name
         self._coord_bin = coord_id_to_bin(self.tokenizer, settings.num_bins)
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, path: str, device: str = "auto", backend: str = "transformers", dtype=None,
+    def from_pretrained(cls, path: str | None = None, device: str = "auto", backend: str = "transformers", dtype=None,
                         attn_implementation: str | None = None, **backend_kwargs) -> RexOmni:
-        """Load a checkpoint folder or hub id by the rule of :func:`rexomni.checkpoint.load_checkpoint`.
+        """Load a checkpoint folder or hub id by the rule of :func:`rexomni.checkpoint.load_checkpoint`;
+        without one (or with ``"rexomni-synth"``), the small model shipped with the package.
 
         ``device``: "auto" (a GPU when there is one), "cpu", "cuda", "cuda:1", ... ``dtype``
         defaults to float32 on the CPU and bfloat16 on a GPU. ``backend="vllm"`` serves generation
@@ -112,10 +82,12 @@ class RexOmni:
 
         device = resolve_device(device)
         if backend == "vllm":
-            from .vllm_backend import VLLMDetector
+            from .vllm_backend import VLLMEngine
 
             checkpoint = load_checkpoint(path, load_model=False)
-            return VLLMDetector.load(checkpoint, **backend_kwargs)
+            engine = VLLMEngine.load(checkpoint, **backend_kwargs)
+            return cls(None, checkpoint.processor, checkpoint.settings, engine=engine, device="cuda",
+                       name=checkpoint.source)
         if backend != "transformers":
             raise ValueError(f"unknown backend {backend!r}; expected 'transformers' or 'vllm'")
         import torch
@@ -124,7 +96,7 @@ class RexOmni:
             dtype = torch.float32 if device == "cpu" else torch.bfloat16
         checkpoint = load_checkpoint(path, dtype=dtype, attn_implementation=attn_implementation or "sdpa")
         checkpoint.model.to(device).eval()
-        return cls(checkpoint.model, checkpoint.processor, checkpoint.settings, device=device, name=str(path))
+        return cls(checkpoint.model, checkpoint.processor, checkpoint.settings, device=device, name=checkpoint.source)
 
     # ------------------------------------------------------------------ tasks
     def detect(self, images, categories, negatives=None, negative_boxes=None, **kwargs):
@@ -192,6 +164,8 @@ class RexOmni:
         """
         import torch
 
+        if self.model is None:
+            raise NotImplementedError(f"teacher-forced score() needs the transformers backend, not {self.backend}")
         task = canonical_task(task)
         single = not isinstance(images, (list, tuple))
         answer_list = [answers] if single else list(answers)
@@ -210,8 +184,8 @@ class RexOmni:
         results = []
         for i, request in enumerate(requests):
             k = len(answer_ids[i])
-            ids = inputs["input_ids"][i, -k:].cpu() if k else torch.zeros(0, dtype=torch.long)
-            row = logprobs[i, -k:].cpu() if k else torch.zeros(0)
+            ids = inputs["input_ids"][i, -k:].tolist() if k else []
+            row = logprobs[i, -k:].tolist() if k else []
             results.append(self._to_result(task, request, ids, row, int(inputs["attention_mask"][i].sum()) - k))
         return results[0] if single else results
 
@@ -268,71 +242,24 @@ class RexOmni:
         settings.update(generate_kwargs)
         return settings
 
-    def logits_processors(self, task: str, phrases, *, constrained: bool, max_boxes: int | None,
-                          max_new_tokens: int, repetition_penalty: float) -> list:
-        """[repetition penalty], [grammar constraint]; the score recorder is put before them."""
-        from transformers import RepetitionPenaltyLogitsProcessor
-
-        processors = []
-        if repetition_penalty and repetition_penalty != 1.0:
-            processors.append(RepetitionPenaltyLogitsProcessor(repetition_penalty))
-        spec = TASKS[task]
-        if constrained and spec.item != "keypoints":
-            from .constrained import GrammarConstrainedLogitsProcessor
-
-            processors.append(GrammarConstrainedLogitsProcessor(
-                self.tokenizer, None if spec.free_phrases else phrases, item=spec.item,
-                max_boxes=max_boxes, max_new_tokens=max_new_tokens, num_bins=self.settings.num_bins))
-        return processors
-
     def _run_batch(self, task: str, requests: list[dict], *, constrained: bool, scores: bool,
                    max_boxes: int | None, max_new_tokens: int | None, **generate_kwargs) -> list[Result]:
-        import torch
-        from transformers import GenerationConfig, LogitsProcessorList
-
-        t0 = time.perf_counter()
+        start = time.perf_counter()
         texts = [self.chat_text(r["prompt"]) for r in requests]
-        inputs = self.processor(text=texts, images=[r["image"] for r in requests], padding=True, return_tensors="pt")
-        # Without mm_token_type_ids Qwen2.5-VL silently uses 1-D positions for image tokens.
-        if "mm_token_type_ids" not in inputs:
-            inputs["mm_token_type_ids"] = (inputs["input_ids"] == self.processor.image_token_id).long()
-        inputs = inputs.to(self.model.device)
-        t1 = time.perf_counter()
-
         gen = self._generation_settings(max_new_tokens, generate_kwargs)
-        repetition_penalty = gen.pop("repetition_penalty", 1.0)
-        synced_gpus = gen.pop("synced_gpus", False)  # a generate() argument, not a generation setting (ZeRO-3)
-        processors = self.logits_processors(task, [r["phrases"] for r in requests], constrained=constrained,
-                                            max_boxes=max_boxes, max_new_tokens=gen["max_new_tokens"],
-                                            repetition_penalty=repetition_penalty)
-        recorder = TokenLogProbRecorder() if scores else None
-        if recorder is not None:
-            processors.insert(0, recorder)
-        gen.setdefault("do_sample", False)
-        config = GenerationConfig(
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=end_of_answer_ids(self.tokenizer),
-            **gen)
-        with torch.inference_mode():
-            sequences = self.model.generate(**inputs, generation_config=config, synced_gpus=synced_gpus,
-                                            logits_processor=LogitsProcessorList(processors))
-        t2 = time.perf_counter()
-
-        prompt_length = inputs["input_ids"].shape[1]
-        logprobs = recorder.finish(sequences, prompt_length) if recorder is not None else None
-        generated = sequences[:, prompt_length:].cpu()
-        results = []
-        for i, request in enumerate(requests):
-            results.append(self._to_result(task, request, generated[i], None if logprobs is None else logprobs[i],
-                                           int(inputs["attention_mask"][i].sum())))
-        t3 = time.perf_counter()
-        timing = {"preprocess_s": t1 - t0, "generate_s": t2 - t1, "postprocess_s": t3 - t2}
+        generations, timing = self.engine.generate(task, requests, texts, gen, constrained=constrained, scores=scores,
+                                                   max_boxes=max_boxes)
+        before_parse = time.perf_counter()
+        results = [self._to_result(task, request, g.ids, g.logprobs, g.num_prompt_tokens)
+                   for request, g in zip(requests, generations)]
+        end = time.perf_counter()
+        timing = {**timing, "postprocess_s": end - before_parse}
         for r in results:
-            r.timing, r.seconds = dict(timing), (t3 - t0) / len(results)
+            r.timing, r.seconds = dict(timing), (end - start) / len(results)
         return results
 
-    def _to_result(self, task: str, request: dict, generated, logprobs, num_prompt_tokens: int) -> Result:
-        ids = generated.tolist()
+    def _to_result(self, task: str, request: dict, ids: list[int], logprobs: list[float] | None,
+                   num_prompt_tokens: int) -> Result:
         text = decode_answer(self.tokenizer, ids)
         parsed = parse_output(text, request["width"], request["height"], self.codec)
         coord_logprobs = []

@@ -36,6 +36,10 @@ from .modeling import SETTINGS_FILE, RexOmniSettings
 from .processing import QWEN2_5_VL_CHAT_TEMPLATE, RELEASED_MAX_PIXELS, RELEASED_MIN_PIXELS, RexOmniProcessor
 from .tokens import IMAGE_PAD, NUM_BINS, VISION_END, VISION_START, TokenIds, coord_tokens, prepare_tokenizer
 
+# The model shipped in the package (trained by the project's own recipe on synthetic scenes; its
+# README is the model card), loaded when no model is named.
+DEFAULT_MODEL = "rexomni-synth"
+DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model")
 # What the released IDEA-Research/Rex-Omni wrapper generates with.
 RELEASED_GENERATION = {"repetition_penalty": 1.05, "max_new_tokens": 4096}
 # Tokenizer constructor arguments that name the files of the original backend: a rebuilt backend replaces them.
@@ -61,16 +65,16 @@ class Checkpoint:
         return self.processor.tokenizer
 
 
-def load_checkpoint(path: str, *, model=None, load_model: bool = True, dtype=None,
+def load_checkpoint(path: str | None = None, *, model=None, load_model: bool = True, dtype=None,
                     attn_implementation: str = "sdpa", base_codec: str = "center") -> Checkpoint:
-    """Tokenizer, settings, tokens, model and processor of a checkpoint folder or hub id.
+    """Tokenizer, settings, tokens, model and processor of a checkpoint folder or hub id (None or
+    ``"rexomni-synth"``: the shipped default model).
 
     ``model``: an already loaded model of this checkpoint (the pipeline's) to make ready instead of
     loading one; ``load_model=False`` skips the weights (vLLM loads its own). ``dtype`` defaults to
     float32. ``base_codec`` is the codec given to a plain Qwen2.5-VL base, which records none.
     """
-    path = str(path)
-    check_source(path)
+    path = resolve_model(path)
     tokenizer = load_tokenizer(path)
     settings, kind = resolve_settings(path, tokenizer, base_codec=base_codec)
     token_ids = prepare_tokenizer(tokenizer, num_bins=settings.num_bins)
@@ -91,6 +95,18 @@ def load_checkpoint(path: str, *, model=None, load_model: bool = True, dtype=Non
 
 
 # --------------------------------------------------------------------------- where the files are
+
+
+def resolve_model(path: str | None) -> str:
+    """The folder or hub id to load: the shipped default for None or its name, else ``path`` checked
+    by :func:`check_source`."""
+    if path is None or str(path) == DEFAULT_MODEL:
+        if not os.path.isfile(os.path.join(DEFAULT_MODEL_DIR, "config.json")):
+            raise FileNotFoundError(f"the default model is missing from {DEFAULT_MODEL_DIR}; reinstall rexomni")
+        return DEFAULT_MODEL_DIR
+    path = str(path)
+    check_source(path)
+    return path
 
 
 def check_source(path: str) -> None:

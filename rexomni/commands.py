@@ -6,9 +6,9 @@ import json
 import os
 import sys
 
+from .checkpoint import DEFAULT_MODEL
 from .cli import build_parser
 
-DEFAULT_MODEL = "IDEA-Research/Rex-Omni"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -33,7 +33,8 @@ def detect_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--categories", required=True, help="comma-separated categories, e.g. person,dog")
     parser.add_argument("--negatives", default=None, help="comma-separated phrases NOT to detect")
     parser.add_argument("--task", default="detection", help="detection, pointing, ocr_box, ... (see docs/api.md)")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder or hub id")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="checkpoint folder or hub id (default: the small model shipped with rexomni)")
     parser.add_argument("--out", default="-", help="results JSON Lines file ('-' for stdout)")
     parser.add_argument("--draw", default=None, metavar="DIR", help="also write annotated images here")
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1, ...")

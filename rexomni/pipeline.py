@@ -24,7 +24,7 @@ from transformers import Pipeline, Qwen2_5_VLForConditionalGeneration
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .api import RexOmni
-from .checkpoint import load_checkpoint
+from .checkpoint import DEFAULT_MODEL_DIR, load_checkpoint
 
 TASK_NAME = "rex-omni"
 _CALL_KEYS = ("threshold", "top_k")
@@ -96,7 +96,8 @@ def register_pipeline() -> None:
     """Register ``rex-omni`` with transformers (idempotent)."""
     if TASK_NAME not in PIPELINE_REGISTRY.supported_tasks:
         PIPELINE_REGISTRY.register_pipeline(TASK_NAME, pipeline_class=RexOmniPipeline,
-                                            pt_model=Qwen2_5_VLForConditionalGeneration, type="multimodal")
+                                            pt_model=Qwen2_5_VLForConditionalGeneration, type="multimodal",
+                                            default={"model": {"pt": (DEFAULT_MODEL_DIR, None)}})
 
 
 register_pipeline()

@@ -1,41 +1,45 @@
-"""The vLLM backend (GPU): ``RexOmni.from_pretrained(path, backend="vllm")``.
+"""The vLLM engine (GPU): ``RexOmni.from_pretrained(path, backend="vllm")``.
 
-Same prompts, parsing, results and score definition as the transformers backend; only generation
-moves to a vLLM engine. What differs:
+``RexOmni`` keeps its prompts, parsing, results and score definition; only generation moves to a
+vLLM engine (see :mod:`rexomni.engines`). What differs:
 
 - Constrained decoding uses vLLM's structured outputs with a regular expression of the grammar
-  (:func:`rexomni.grammar.answer_regex`): phrases limited to the requested ones, whole boxes/points, ``None``,
-  the group separators and a bound on items per group. The rules a regex cannot state cheaply
-  (x1 >= x0, no repeated box, the token budget) are only enforced by the transformers backend.
+  (:func:`rexomni.grammar.answer_regex`): phrases limited to the requested ones, whole items,
+  ``None``, the group separators and a bound on items per group. The rules a regex cannot state
+  cheaply (x1 >= x0, no repeated box, the token budget) are only enforced by the transformers engine.
 - Scores use the log-probability vLLM reports for each sampled token (``logprobs=0``), which is
-  the raw model distribution, as in the transformers backend.
+  the raw model distribution, as in the transformers engine.
 - vLLM tokenizes the prompt with the tokenizer that :func:`rexomni.checkpoint.load_checkpoint`
   prepared (saved to a folder of its own), so ids and negative tokens are the same as here.
 
-``vllm`` is imported only here and only when the backend is used.
+``vllm`` is imported only here and only when the engine is built.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from .api import RexOmni
+from .engines import Generation
 from .grammar import answer_regex
-from .result import Result
 from .tasks import TASKS
 from .tokens import end_of_answer_ids
 
 
-class VLLMDetector(RexOmni):
-    """RexOmni whose ``model`` is a ``vllm.LLM``."""
+class VLLMEngine:
+    """Generation with a ``vllm.LLM`` (``llm``) for a tokenizer prepared by the checkpoint loader."""
+
+    name = "vllm"
+
+    def __init__(self, llm, tokenizer):
+        self.llm, self.tokenizer = llm, tokenizer
 
     @classmethod
-    def load(cls, checkpoint, **engine_kwargs) -> VLLMDetector:
+    def load(cls, checkpoint, **engine_kwargs) -> VLLMEngine:
         """A vLLM engine on ``checkpoint`` (a :class:`rexomni.checkpoint.Checkpoint` loaded without weights).
 
-        vLLM gets the tokenizer as :func:`rexomni.checkpoint.load_checkpoint` made it, saved to a
-        folder of its own: its ids are the declared ones and it has the negative tokens, whatever
-        the checkpoint's own tokenizer files would give when read again.
+        vLLM gets the tokenizer as the loader made it, saved to a folder of its own: its ids are the
+        declared ones and it has the negative tokens, whatever the checkpoint's own files would give.
         """
         import tempfile
 
@@ -50,15 +54,13 @@ class VLLMDetector(RexOmni):
         engine_kwargs.setdefault("limit_mm_per_prompt", {"image": 1})
         engine_kwargs.setdefault("mm_processor_kwargs", {"min_pixels": settings.min_pixels,
                                                          "max_pixels": settings.max_pixels})
-        llm = LLM(model=checkpoint.source, tokenizer=tokenizer_dir, **engine_kwargs)
-        return cls(llm, checkpoint.processor, settings, backend="vllm", device="cuda", name=checkpoint.source)
+        return cls(LLM(model=checkpoint.source, tokenizer=tokenizer_dir, **engine_kwargs), checkpoint.tokenizer)
 
     # ------------------------------------------------------------------ requests (no GPU needed)
-    def build_requests(self, task: str, requests: list[dict], *, constrained: bool = True, scores: bool = True,
-                       max_boxes: int | None = None, max_new_tokens: int | None = None,
-                       **generate_kwargs) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    def build_requests(self, task: str, requests: list[dict], texts: list[str], gen: dict, *, constrained: bool,
+                       scores: bool, max_boxes: int | None) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """(prompt, sampling parameters as a dict) per image, ready for ``vllm.LLM.generate``."""
-        gen = self._generation_settings(max_new_tokens, generate_kwargs)
+        gen = dict(gen)
         sampling = {
             "max_tokens": gen.pop("max_new_tokens"),
             "repetition_penalty": gen.pop("repetition_penalty", 1.0),
@@ -80,46 +82,38 @@ class VLLMDetector(RexOmni):
             sampling["logprobs"] = 0  # the sampled token's log-probability
         spec = TASKS[task]
         out = []
-        for request in requests:
+        for request, text in zip(requests, texts):
             params = dict(sampling)
             if constrained and spec.item != "keypoints":
                 phrases = None if spec.free_phrases else request["phrases"]
                 params["regex"] = answer_regex(phrases, spec.item, max_boxes)
-            prompt = {"prompt": self.chat_text(request["prompt"]), "multi_modal_data": {"image": request["image"]}}
-            out.append((prompt, params))
+            out.append(({"prompt": text, "multi_modal_data": {"image": request["image"]}}, params))
         return out
 
-    def results_from_outputs(self, task: str, requests: list[dict], outputs) -> list[Result]:
-        """vLLM ``RequestOutput`` objects -> results (token ids and sampled log-probs)."""
-        import torch
-
-        results = []
-        for request, output in zip(requests, outputs):
+    @staticmethod
+    def generations(outputs) -> list[Generation]:
+        """vLLM ``RequestOutput`` objects -> token ids, sampled log-probs and prompt lengths."""
+        generations = []
+        for output in outputs:
             completion = output.outputs[0]
             ids = list(completion.token_ids)
             logprobs = None
             if completion.logprobs is not None:
-                logprobs = torch.tensor([float(step[tid].logprob) for step, tid in zip(completion.logprobs, ids)])
-            results.append(self._to_result(task, request, torch.tensor(ids, dtype=torch.long), logprobs,
-                                           len(output.prompt_token_ids or [])))
-        return results
+                logprobs = [float(step[tid].logprob) for step, tid in zip(completion.logprobs, ids)]
+            generations.append(Generation(ids, logprobs, len(output.prompt_token_ids or [])))
+        return generations
 
     # ------------------------------------------------------------------ generation
-    def _run_batch(self, task: str, requests: list[dict], **kwargs) -> list[Result]:
-        import time
-
-        t0 = time.perf_counter()
-        built = self.build_requests(task, requests, **kwargs)
-        t1 = time.perf_counter()
-        params = [self.sampling_params(s) for _, s in built]
-        outputs = self.model.generate([p for p, _ in built], sampling_params=params, use_tqdm=False)
-        t2 = time.perf_counter()
-        results = self.results_from_outputs(task, requests, outputs)
-        t3 = time.perf_counter()
-        timing = {"preprocess_s": t1 - t0, "generate_s": t2 - t1, "postprocess_s": t3 - t2}
-        for r in results:
-            r.timing, r.seconds = dict(timing), (t3 - t0) / max(1, len(results))
-        return results
+    def generate(self, task: str, requests: list[dict], texts: list[str], gen: dict, *, constrained: bool,
+                 scores: bool, max_boxes: int | None) -> tuple[list[Generation], dict[str, float]]:
+        start = time.perf_counter()
+        built = self.build_requests(task, requests, texts, gen, constrained=constrained, scores=scores,
+                                    max_boxes=max_boxes)
+        params = [self.sampling_params(p) for _, p in built]
+        prepared = time.perf_counter()
+        outputs = self.llm.generate([prompt for prompt, _ in built], sampling_params=params, use_tqdm=False)
+        timing = {"preprocess_s": prepared - start, "generate_s": time.perf_counter() - prepared}
+        return self.generations(outputs), timing
 
     @staticmethod
     def sampling_params(params: dict[str, Any]):
@@ -134,6 +128,3 @@ class VLLMDetector(RexOmni):
             else:  # vLLM before 0.11
                 params["guided_decoding"] = vllm.sampling_params.GuidedDecodingParams(regex=regex)
         return vllm.SamplingParams(**params)
-
-    def score(self, *args, **kwargs):
-        raise NotImplementedError("teacher-forced score() needs the transformers backend")

@@ -1,4 +1,4 @@
-"""The vLLM backend without a GPU: request building, the grammar regex, results from engine outputs."""
+"""The vLLM engine without a GPU: request building, the grammar regex, results from engine outputs."""
 
 from __future__ import annotations
 
@@ -10,18 +10,26 @@ import numpy as np
 import pytest
 import torch
 
+from rexomni.api import RexOmni
 from rexomni.grammar import answer_regex, format_answer
-from rexomni.vllm_backend import VLLMDetector
+from rexomni.vllm_backend import VLLMEngine
 
 
 @pytest.fixture(scope="module")
 def vllm_detector(tiny_rexomni):
-    """A VLLMDetector around a fake engine that replays canned answers with known log-probs."""
-    class Detector(VLLMDetector):
+    """A RexOmni whose vLLM engine drives a fake LLM that replays canned answers with known log-probs."""
+    class Engine(VLLMEngine):
         sampling_params = staticmethod(dict)  # vllm.SamplingParams is not installed on CPU machines
 
-    return Detector(_FakeLLM(tiny_rexomni.tokenizer), tiny_rexomni.processor, tiny_rexomni.settings,
-                    backend="vllm", device="cuda", name="fake")
+    engine = Engine(_FakeLLM(tiny_rexomni.tokenizer), tiny_rexomni.tokenizer)
+    return RexOmni(None, tiny_rexomni.processor, tiny_rexomni.settings, engine=engine, device="cuda", name="fake")
+
+
+def _build(detector, requests, max_new_tokens=None, constrained=True, scores=True, max_boxes=None, **kwargs):
+    texts = [detector.chat_text(r["prompt"]) for r in requests]
+    gen = detector._generation_settings(max_new_tokens, kwargs)
+    return detector.engine.build_requests("detection", requests, texts, gen, constrained=constrained, scores=scores,
+                                          max_boxes=max_boxes)
 
 
 class _FakeLLM:
@@ -44,7 +52,7 @@ class _FakeLLM:
 def test_requests_carry_the_same_prompt_image_and_released_settings(vllm_detector, tiny_rexomni):
     image = np.zeros((40, 60, 3), np.uint8)
     requests = vllm_detector.prepare(image, "detection", ["dog", "cat"], negatives=["statue"])
-    [(prompt, params)] = vllm_detector.build_requests("detection", requests, max_new_tokens=64, max_boxes=5)
+    [(prompt, params)] = _build(vllm_detector, requests, max_new_tokens=64, max_boxes=5)
     assert prompt["prompt"] == tiny_rexomni.chat_text(requests[0]["prompt"])
     assert prompt["prompt"].count("<|image_pad|>") == 1  # vLLM expands the placeholder itself
     assert "<|neg_ref_start|>statue<|neg_ref_end|>" in prompt["prompt"]
@@ -54,12 +62,12 @@ def test_requests_carry_the_same_prompt_image_and_released_settings(vllm_detecto
                                         for t in ("<|im_end|>", "<|endoftext|>")]
     assert params["skip_special_tokens"] is False
     assert re.fullmatch(params["regex"], format_answer([{"phrase": "cat", "bbox": [1, 2, 30, 20]}], 60, 40))
-    sampled = vllm_detector.build_requests("detection", requests, do_sample=True, temperature=0.8, top_p=0.9,
-                                           constrained=False, scores=False)[0][1]
+    sampled = _build(vllm_detector, requests, do_sample=True, temperature=0.8, top_p=0.9, constrained=False,
+                     scores=False)[0][1]
     assert sampled["temperature"] == 0.8 and sampled["top_p"] == 0.9 and "regex" not in sampled
     assert "logprobs" not in sampled
     with pytest.raises(ValueError, match="does not take"):
-        vllm_detector.build_requests("detection", requests, length_penalty=2.0)
+        _build(vllm_detector, requests, length_penalty=2.0)
 
 
 def test_answer_regex_accepts_the_grammar_and_nothing_else():
@@ -91,15 +99,15 @@ def test_the_two_constraint_implementations_agree(tiny_rexomni):
 def test_results_from_engine_outputs(vllm_detector):
     answers = [format_answer([{"phrase": "dog", "bbox": [6, 4, 30, 20]}], 60, 40),
                format_answer([{"phrase": "cat", "point": [10, 10]}], 60, 40, kind="point")]
-    vllm_detector.model.answers = answers
+    vllm_detector.engine.llm.answers = answers
     image = np.zeros((40, 60, 3), np.uint8)
     boxes = vllm_detector.detect([image], ["dog"])
     assert boxes[0].labels == ["dog"] and boxes[0].scores.tolist() == pytest.approx([0.5])
     np.testing.assert_allclose(boxes[0].boxes, [[6, 4, 30, 20]], atol=0.05)
-    vllm_detector.model.answers = answers[1:]
+    vllm_detector.engine.llm.answers = answers[1:]
     points = vllm_detector.point(image, ["cat"])
     assert points.points.shape == (1, 2) and points.num_prompt_tokens == 50
-    prompts, params = vllm_detector.model.calls[-1]
+    prompts, params = vllm_detector.engine.llm.calls[-1]
     assert "Point to cat." in prompts[0]["prompt"] and "regex" in params[0]
 
 
