@@ -79,7 +79,7 @@ def generate_scene(seed_or_rng: int | random.Random | None = None, size: int | S
                    colors: Sequence[str] | None = None, sizes: Sequence[str] | None = None,
                    backgrounds: Sequence[str] | None = None, num_objects: tuple[int, int] | None = None,
                    granularity: str | None = None, negative_prob: float = 0.0,
-                   masks: bool = True) -> tuple[Image.Image, dict]:
+                   distractors: bool | None = None, masks: bool = True) -> tuple[Image.Image, dict]:
     """Draw one scene; returns ``(image, sample)``. Same seed, same scene.
 
     ``granularity`` (shapes/single) names objects by ``kind``, ``color kind`` or ``size color kind``
@@ -88,7 +88,8 @@ def generate_scene(seed_or_rng: int | random.Random | None = None, size: int | S
     distractor phrase into a negative (conditioning) phrase with its boxes. ``sizes`` (shapes/single)
     restricts the size classes of :data:`SIZES` and ``backgrounds`` the background kinds of
     :data:`BACKGROUNDS` (modes that draw one). ``masks=False`` skips the RLE masks (points are
-    still computed).
+    still computed). ``distractors`` (shapes/single; default: shapes yes, single no) follows half of
+    the objects with a hard distractor: the same kind in another colour or the same colour in another kind.
     """
     unknown = [k for k in kinds if k not in _SHAPES]
     if unknown:
@@ -100,11 +101,12 @@ def generate_scene(seed_or_rng: int | random.Random | None = None, size: int | S
     scene = _start_scene(seed_or_rng, size, mode, backgrounds)
     rng, width, height = scene.rng, scene.width, scene.height
     if mode == "single":
-        scene.shapes(kinds, colors, num_objects or (1, 3), textures=False, sizes=sizes)
+        scene.shapes(kinds, colors, num_objects or (1, 3), textures=False, sizes=sizes, distractors=bool(distractors))
         granularity = granularity or "color kind"
         sample = scene.shape_sample(granularity, referring=False)
     elif mode == "shapes":
-        scene.shapes(kinds, colors, num_objects or (2, 8), textures=True, sizes=sizes, distractors=True)
+        scene.shapes(kinds, colors, num_objects or (2, 8), textures=True, sizes=sizes,
+                     distractors=distractors is not False)
         granularity = granularity or rng.choice(("kind", "color kind", "color kind", "size color kind"))
         sample = scene.shape_sample(granularity, referring=True, negative_prob=negative_prob)
     elif mode == "ocr":

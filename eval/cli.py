@@ -1,6 +1,6 @@
 """``rexomni eval``: score a model on benchmarks, or a predictions file against annotations.
 
-    rexomni eval --model PATH --benchmark SPEC.yaml [--out DIR] [--protocol strict|rexomni]
+    rexomni eval [--model PATH] --benchmark SPEC.yaml [--out DIR] [--protocol strict|rexomni]
     rexomni eval --predictions PRED --annotations GT [--out metrics.json] [--task detection]
 """
 
@@ -20,7 +20,7 @@ def build_parser():
     parser = core_parser("eval", "Score a model on benchmarks (--model, --benchmark) or a predictions file "
                                  "(--predictions, --annotations).")
     model = parser.add_argument_group("benchmark a model")
-    model.add_argument("--model", help="checkpoint folder or hub id loadable by RexOmni.from_pretrained")
+    model.add_argument("--model", help="checkpoint folder or hub id (default: the small model shipped with rexomni)")
     model.add_argument("--benchmark", help="benchmark spec YAML (see eval/benchmarks/)")
     model.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, ...")
     model.add_argument("--backend", default="transformers", choices=["transformers", "vllm"],
@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.model or args.benchmark:
             parser.error("give either --model/--benchmark or --predictions/--annotations, not both")
         return _score_files(args)
-    if not (args.model and args.benchmark):
-        parser.error("give --model and --benchmark, or --predictions and --annotations")
+    if not args.benchmark:
+        parser.error("give --benchmark (and --model, else the shipped model), or --predictions and --annotations")
     return _benchmark(args)
 
 

@@ -83,3 +83,13 @@ def score_answer(text: str, objects: Sequence[Mapping], width: int, height: int,
     score = score_prediction(Prediction.from_result(result), objects, iou_threshold)
     score.problems = list(result.problems)
     return score
+
+
+def absent_answers(prediction: Prediction, sample: Mapping) -> tuple[int, int]:
+    """(phrases asked that the image lacks, how many of them the prediction still gave items for)."""
+    from .data import gt_categories
+
+    present = {str(o["phrase"]) for o in sample.get("objects", [])}
+    absent = [p for p in gt_categories(sample) if p not in present]
+    answered = set(prediction.labels)
+    return len(absent), sum(p in answered for p in absent)

@@ -49,7 +49,7 @@ BENCHMARK_TASKS = tuple(DEFAULT_METRICS)
 @dataclass
 class DatasetSpec:
     name: str
-    annotations: str
+    annotations: str = ""
     task: str = "detection"
     format: str | None = None
     image_root: str | None = None
@@ -58,8 +58,13 @@ class DatasetSpec:
     ask: str = "categories"
     coco_style: bool | None = None
     predict: dict = field(default_factory=dict)
+    # Scenes drawn by the synthetic engine instead of read from ``annotations``: generate_scene's
+    # options plus ``n`` (scenes) and ``seed`` (scene i uses seed * 1000003 + i, as `rexomni data synth`).
+    synth: dict | None = None
 
     def __post_init__(self):
+        if bool(self.annotations) == bool(self.synth):
+            raise ValueError(f"dataset {self.name!r}: give exactly one of 'annotations' and 'synth'")
         if self.task not in BENCHMARK_TASKS:
             raise ValueError(f"dataset {self.name!r}: unknown task {self.task!r}; expected one of {BENCHMARK_TASKS}")
         if self.ask not in ("categories", "present"):
@@ -88,10 +93,10 @@ class BenchmarkSpec:
         base = Path(path).resolve().parent
         datasets = []
         for i, d in enumerate(raw["datasets"]):
-            if not isinstance(d, Mapping) or "annotations" not in d:
-                raise ValueError(f"benchmark spec {str(path)!r}: dataset {i} needs 'annotations'")
+            if not isinstance(d, Mapping) or not ("annotations" in d or "synth" in d):
+                raise ValueError(f"benchmark spec {str(path)!r}: dataset {i} needs 'annotations' or 'synth'")
             d = dict(d)
-            d.setdefault("name", Path(d["annotations"]).stem)
+            d.setdefault("name", Path(d["annotations"]).stem if "annotations" in d else f"synth{i}")
             for key in ("annotations", "image_root"):
                 if d.get(key) and not os.path.isabs(d[key]):
                     d[key] = str(base / d[key])
@@ -272,8 +277,11 @@ def run_benchmark(model: Any, spec: BenchmarkSpec | str | os.PathLike, out_dir: 
     out_dir = Path(out_dir)
     results, curves = {}, {}
     for dataset in spec.datasets:
-        samples, unreadable = load_annotations(dataset.annotations, dataset.format, dataset.image_root,
-                                               check_images=True)
+        if dataset.synth:
+            samples, unreadable = synth_samples(dataset.synth), 0
+        else:
+            samples, unreadable = load_annotations(dataset.annotations, dataset.format, dataset.image_root,
+                                                   check_images=True)
         if dataset.limit is not None:
             samples = samples[: dataset.limit]
         cache = PredictionCache(out_dir / "predictions" / f"{dataset.name}.jsonl")
@@ -282,6 +290,21 @@ def run_benchmark(model: Any, spec: BenchmarkSpec | str | os.PathLike, out_dir: 
         results[dataset.name], curves[dataset.name] = metrics, dataset_curves
     write_reports(results, curves, out_dir, title=f"{spec.name} ({get_protocol(protocol).name} protocol)")
     return results
+
+
+def synth_samples(options: Mapping[str, Any]) -> list[dict]:
+    """The scenes a ``synth`` data set names, drawn in memory (same options, same scenes, every run)."""
+    from rexomni.data_engines.synth import generate_scene
+
+    from .data import assign_keys
+
+    options = dict(options)
+    n, seed, size = int(options.pop("n")), int(options.pop("seed", 0)), options.pop("size", 224)
+    samples = []
+    for i in range(n):
+        image, sample = generate_scene(seed * 1_000_003 + i, size, **options)
+        samples.append(dict(sample, image=image, id=f"synth-{seed}-{i}"))
+    return assign_keys(samples)
 
 
 def _lvis_frequency(annotations: str | os.PathLike, fmt: str | None) -> dict[str, str] | None:

@@ -9,7 +9,7 @@ import numpy as np
 
 from .coco import coco_ap
 from .data import Prediction, is_coco_style
-from .example import score_prediction
+from .example import absent_answers, score_prediction
 from .f1 import box_f1
 from .keypoints import keypoint_scores
 from .language import language_metrics
@@ -61,6 +61,11 @@ def score(samples: list[dict], predictions: Mapping[str, Prediction], task: str 
         out["mean_iou"] = mean_iou(samples, predictions)
         curves["f1_vs_iou"] = {"thresholds": f1.thresholds.tolist(), "f1": f1.f1.tolist(),
                                "precision": f1.precision.tolist(), "recall": f1.recall.tolist()}
+    if {"f1", "pointing"} & set(metrics):
+        asked, answered = map(sum, zip(*(absent_answers(predictions.get(s["key"], Prediction()), s)
+                                         for s in samples))) if samples else (0, 0)
+        if asked:
+            out["absent/fp_rate"] = answered / asked  # absent phrases that still got boxes or points
     if "coco" in metrics:
         if any(o.get("bbox") is not None for s in samples for o in s.get("objects", [])):
             coco = coco_ap(samples, predictions, protocol, category_frequency=category_frequency)
