@@ -10,13 +10,14 @@ from setuptools import find_packages, setup
 SUBPACKAGES = ("sft", "grpo", "data_engines", "eval")
 # Folders of data files only (no __init__.py): listed as packages so that package_data ships them.
 DATA_FOLDERS = ("sft.configs", "sft.launch", "eval.benchmarks")
+CORE_DATA_FOLDERS = ("rexomni.default_model",)  # the shipped model: weights, tokenizer, model card
 
 
 def _packages():
     packages = ["rexomni"] + [f"rexomni.{p}" for p in find_packages("rexomni")]
     for sub in SUBPACKAGES:
         packages += [f"rexomni.{sub}"] + [f"rexomni.{sub}.{p}" for p in find_packages(sub)]
-    return packages + [f"rexomni.{folder}" for folder in DATA_FOLDERS]
+    return packages + [f"rexomni.{folder}" for folder in DATA_FOLDERS] + list(CORE_DATA_FOLDERS)
 
 
 setup(
@@ -26,7 +27,8 @@ setup(
     python_requires=">=3.10",
     packages=_packages(),
     package_dir={"rexomni": "rexomni", **{f"rexomni.{sub}": sub for sub in SUBPACKAGES}},
-    package_data={"": ["*.yaml", "*.json", "*.jinja", "*.txt", "*.sh", "*.slurm", "*.example"]},
+    package_data={"": ["*.yaml", "*.json", "*.jinja", "*.txt", "*.sh", "*.slurm", "*.example", "*.safetensors",
+                       "*.md"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.4",
