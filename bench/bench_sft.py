@@ -67,13 +67,12 @@ def run_ours(args, data, out: str) -> dict:
     from rexomni.sft.config import load_config
     from rexomni.sft.data import ExampleEncoder, SFTCollator
     from rexomni.sft.model_setup import load_model, prepare_model
-    from rexomni.sft.trainer import RexOmniSFTTrainer, training_arguments
+    from rexomni.sft.trainer import RexOmniSFTTrainer
 
     config = load_config(TINY_YAML, {"output_dir": out, "max_steps": args.steps, "per_device_train_batch_size":
-                                     args.batch, "eval_examples": 0, "save_steps": 10**9, "report_to": [],
-                                     "progress": False, "logging_steps": 10**9})
-    training_args = training_arguments(config)
-    bundle = load_model(config)
+                                     args.batch, "eval_examples": 0, "save_steps": 10**9, "report_to": "none",
+                                     "disable_tqdm": True, "logging_steps": 10**9})
+    bundle = load_model(config.model_args, seed=config.seed, bf16=config.bf16)
     encoder = ExampleEncoder(bundle.processor, config.system_prompt, config.max_length)
 
     class Encoded(torch.utils.data.Dataset):
@@ -84,10 +83,9 @@ def run_ours(args, data, out: str) -> dict:
             return encoder.encode(data[i])
 
     timer = Timer(args.warmup)
-    trainer = RexOmniSFTTrainer(model=prepare_model(bundle, config), args=training_args, train_dataset=Encoded(),
+    trainer = RexOmniSFTTrainer(model=prepare_model(bundle, config.model_args), args=config, train_dataset=Encoded(),
                                 data_collator=SFTCollator(encoder.pad_id, encoder.image_token_id),
-                                processing_class=bundle.processor, bundle=bundle, sft_config=config,
-                                callbacks=[timer.callback])
+                                processing_class=bundle.processor, bundle=bundle, callbacks=[timer.callback])
     trainer.train()
     return {"samples_per_s": timer.samples_per_s(args.batch)}
 

@@ -51,12 +51,14 @@ SETTINGS = {
 def run(task: str, setting: str, seed: int, minutes: float, heldout: int, out: str) -> dict:
     overrides = {**TASKS[task], **SETTINGS[setting], "seed": seed, "max_steps": 1_000_000, "max_train_minutes": minutes,
                  "eval_examples": heldout, "eval_steps": 0, "save_steps": 1_000_000, "logging_steps": 100,
-                 "output_dir": os.path.join(out, f"{task}_{setting}_seed{seed}"), "report_to": [], "progress": False,
-                 "train_examples": 10_000_000}
+                 "output_dir": os.path.join(out, f"{task}_{setting}_seed{seed}"), "report_to": "none",
+                 "disable_tqdm": True, "train_examples": 10_000_000}
     config = load_config(CONFIG, overrides)
     t0 = time.perf_counter()
     result = run_sft(config)
     final = result["heldout"][-1] if result["heldout"] else {}
+    # One held-out set per scored task (heldout/<task>/<metric>); these runs train one task.
+    final = {"heldout/" + key.split("/", 2)[2]: value for key, value in final.items() if key.count("/") >= 2}
     return {"task": task, "setting": setting, "seed": seed, "steps": result["global_step"],
             "samples_per_s": round(result["samples_per_s"], 1), "wall_s": round(time.perf_counter() - t0, 1),
             "f1@0.5": final.get("heldout/f1@0.5"), "mean_iou": final.get("heldout/mean_iou"),

@@ -32,13 +32,15 @@ import time
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from rexomni.eval.data import Prediction
+from rexomni.eval.example import score_prediction
 from rexomni.sft.config import load_config
-from rexomni.sft.data import ExampleEncoder, SFTCollator
-from rexomni.sft.heldout import generate_answers, score_answers
+from rexomni.sft.data import ExampleEncoder, MixtureDataset, SFTCollator
 from rexomni.sft.losses import CausalLMLoss
 from rexomni.sft.model_setup import load_model
-from rexomni.sft.trainer import build_datasets
+from rexomni.sft.trainer import build_datasets, build_mixture
 
+from rexomni.api import RexOmni
 from rexomni.grammar import format_answer, parse_output
 from rexomni.modeling import PRESETS
 from rexomni.prompts import build_prompt
@@ -74,6 +76,22 @@ def scene_data(sizes: list[str], seed: int) -> dict:
                   "kinds": ["square", "circle", "ring"], "colors": ["red", "green", "blue", "yellow", "white"]}}]}
 
 
+def heldout_answers(model, bundle, examples: list[dict]) -> tuple[list[str], dict[str, float]]:
+    """The answers the detector API gives on ``examples`` (asked their phrases, greedy, grammar-
+    constrained) and their pooled F1@0.5 and mean IoU by the per-example scorer."""
+    detector = RexOmni(model, bundle.processor, bundle.settings)
+    was_training = model.training
+    model.eval()
+    results = detector.predict([e["image"] for e in examples], categories=[e["phrases"] for e in examples],
+                               max_new_tokens=40, batch_size=32)
+    model.train(was_training)
+    scores = [score_prediction(Prediction.from_result(r), e["targets"]) for r, e in zip(results, examples)]
+    tp, pred, gt = (sum(getattr(s, k) for s in scores) for k in ("tp", "num_pred", "num_gt"))
+    ious = [iou for s in scores for iou in s.best_iou]
+    return [r.raw_text for r in results], {"f1@0.5": 2 * tp / max(pred + gt, 1),
+                                           "mean_iou": float(np.mean(ious)) if ious else 0.0}
+
+
 def centre_spread(examples: list[dict], texts: list[str]) -> tuple[float, float]:
     """(std of predicted box centres, std of true centres), in image fractions, x and y pooled."""
     predicted, true = [], []
@@ -105,7 +123,7 @@ def teacher_forced_readout(model, encoder: ExampleEncoder, examples: list[dict],
     model.eval()
     logits = model(**batch).logits[:, :-1]
     model.train(was_training)
-    bins = torch.full((int(labels.max()) + 1,), -1)
+    bins = torch.full((max(int(labels.max()), max(coord_ids)) + 1,), -1)
     bins[torch.tensor(coord_ids)] = torch.arange(len(coord_ids))
     truth, probs = [], []
     for row_labels, row_logits in zip(labels, logits):
@@ -150,11 +168,13 @@ def main() -> None:
 
     config = load_config(TINY_YAML, {"seed": args.seed, "eval_examples": 64, "train_examples": 10**8,
                                      "data": scene_data(args.sizes, args.seed)})
-    bundle = load_model(config)
+    bundle = load_model(config.model_args, seed=config.seed)
     model = bundle.model.train()
     encoder = ExampleEncoder(bundle.processor, config.system_prompt, config.max_length)
     if args.task == "scenes":
-        train_set, heldout = build_datasets(config, encoder)
+        train_set, _ = build_datasets(config, encoder)
+        heldout_set = MixtureDataset(build_mixture(config), 64, None, seed="probe-heldout")
+        heldout = [heldout_set.example(i) for i in range(64)]
         batches = (train_set[i] for i in range(10**8))
     else:
         make = lambda rng: square_example(rng, tuple(args.side), args.background, args.noise)
@@ -173,8 +193,7 @@ def main() -> None:
         loss.backward()
         optimizer.step()
         if step % args.eval_every == 0 or step == args.steps:
-            texts = generate_answers(model, encoder, heldout, 32, 40)
-            metrics = score_answers(heldout, texts)
+            texts, metrics = heldout_answers(model, bundle, heldout)
             spread, true_spread = centre_spread(heldout, texts)
             readout = teacher_forced_readout(model, encoder, heldout, bundle.coord_ids)
             row = {"step": step, "seconds": round(time.perf_counter() - start), "loss": loss.item(),

@@ -63,8 +63,8 @@ class DatasetSpec:
     synth: dict | None = None
 
     def __post_init__(self):
-        if bool(self.annotations) == bool(self.synth):
-            raise ValueError(f"dataset {self.name!r}: give exactly one of 'annotations' and 'synth'")
+        if self.annotations and self.synth:
+            raise ValueError(f"dataset {self.name!r}: give 'annotations' or 'synth', not both")
         if self.task not in BENCHMARK_TASKS:
             raise ValueError(f"dataset {self.name!r}: unknown task {self.task!r}; expected one of {BENCHMARK_TASKS}")
         if self.ask not in ("categories", "present"):

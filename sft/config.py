@@ -1,95 +1,161 @@
-"""The SFT run configuration: one flat dataclass, read from YAML, overridden from the command line.
+"""The SFT run configuration, as TRL does it: dataclasses whose fields carry their help, read from
+YAML and command-line flags by transformers' ``HfArgumentParser``.
+
+- :class:`ModelArguments`: what model set-up reads (a checkpoint or a preset, freezing, per-part
+  learning rates, LoRA); GRPO uses the same class.
+- :class:`SFTConfig`: ``transformers.TrainingArguments`` with this project's defaults, plus the
+  SFT fields (data, held-out scoring, losses).
+
+One YAML file holds both; every field is also a flag and overrides it (``--max_steps 50``), and
+``rexomni sft --help`` lists every field with its help and default.
 
     config = load_config("sft/configs/tiny.yaml", ["--max_steps", "50", "--output_dir", "runs/t"])
-
-Every field is also a command-line flag of ``rexomni sft`` (``--max_steps 50``, ``--freeze_vision
-true``, ``--lora_r 16``). Field names follow ``transformers.TrainingArguments`` where the concept
-is the same, so the YAML reads like a Trainer recipe.
+    config.model_args.preset   # "tiny"
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
-from dataclasses import dataclass, field, fields
-from typing import Any, get_type_hints
+from dataclasses import dataclass, field
+from typing import Any, get_args, get_type_hints
 
+import torch
 import yaml
+from transformers import HfArgumentParser, TrainingArguments
+from transformers.hf_argparser import DataClass, DataClassType
+from transformers.trainer_utils import SchedulerType
+from transformers.training_args import OptimizerNames
 
 from rexomni.prompts import SYSTEM_PROMPT
 
+from .cpu_deepspeed import prepare_cpu_processes
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _help(text: str, default: Any = None, **kwargs) -> Any:
+    return field(default=default, metadata={"help": text}, **kwargs)
+
 
 @dataclass
-class SFTConfig:
-    """Everything one SFT run needs. Defaults follow the released Rex-Omni SFT recipe."""
+class ModelArguments:
+    """The model to train and what of it trains (read by sft/model_setup.py)."""
 
-    # ---- model: either a checkpoint folder / hub id, or a preset built from random weights
-    model_name_or_path: str | None = None
-    preset: str | None = None            # tiny | small | 3b: a random model (from-scratch training)
-    shape_preset: str | None = None      # shapes for --dry-run when the model's config is not on disk
-    tokenizer: str | None = None         # for presets; default the offline test tokenizer
-    coord_codec: str = "center"          # for presets and plain Qwen2.5-VL bases (a checkpoint keeps its own)
-    attn_implementation: str = "auto"    # auto: flash_attention_2 on a GPU when installed, else sdpa
-    system_prompt: str = SYSTEM_PROMPT   # the system turn the trained model will see at inference
-
-    # ---- data: a mixture spec (path or inline mapping, see data_engines/mixture.py)
-    data: Any = None
-    train_examples: int | None = None    # dataset length; default max_steps x global batch (all fresh)
-    eval_examples: int = 32              # held-out examples (a different seed) scored during training
-    eval_steps: int = 0                  # parse-and-score every N steps (0: only at the end)
-    eval_batch_size: int = 16
-    eval_max_new_tokens: int = 64
-    max_length: int = 4096               # longer sequences are cut (the answer's end is then lost)
-    cache_examples: bool = False         # keep encoded examples in memory (small fixed data sets)
-
-    # ---- optimisation
-    output_dir: str = "runs/sft"
-    max_steps: int = 1000
-    max_train_minutes: float | None = None  # stop (and save) after this much training time
-    per_device_train_batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 2e-5          # language model (and new token rows)
-    merger_learning_rate: float | None = 2e-5
-    vision_learning_rate: float | None = 2e-6
-    lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    bf16: Any = "auto"                   # auto: on where the device supports it
-    gradient_checkpointing: bool = False
-    deepspeed: str | None = None         # path to a DeepSpeed JSON (sft/configs/ds_zero2.json)
-    dataloader_num_workers: int = 0
-
-    # ---- what trains
-    freeze_vision: bool = False
-    freeze_merger: bool = False
-    freeze_llm: bool = False
-    lora_r: int = 0                      # > 0: LoRA adapters on the language model (PEFT)
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                    "gate_proj", "up_proj", "down_proj"])
-    lora_train_new_tokens: bool = True   # embedding (and lm_head) rows of added tokens stay trainable
-
-    # ---- losses
-    soft_label_sigma: float = 0.0        # > 0: Gaussian soft labels over coordinate bins (sigma in bins)
-    soft_label_weight: float = 1.0       # share of the soft-label term on coordinate positions
-    extra_loss: str | None = None        # "package.module:function" adding a sequence-level loss
-
-    # ---- logging and checkpoints
-    logging_steps: int = 10
-    save_steps: int = 500
-    save_total_limit: int | None = 3
-    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
-    resume_from_checkpoint: Any = None   # a folder, or true: the last checkpoint in output_dir
-    progress: bool = True
+    model_name_or_path: str | None = _help(
+        "A checkpoint folder or hub id: a checkpoint of this project, the released Rex-Omni, or a plain Qwen2.5-VL "
+        "base (the coordinate and negative tokens are then added). Give this or preset.")
+    preset: str | None = _help("tiny, small or 3b: a model from random weights (from-scratch training). Give this or "
+                               "model_name_or_path.")
+    shape_preset: str | None = _help("The preset whose shapes --dry-run uses when the config of model_name_or_path is "
+                                     "not on this machine (e.g. 3b).")
+    tokenizer: str | None = _help("For a preset: a tokenizer folder or hub id (default: the offline test tokenizer).")
+    coord_codec: str = _help("Coordinate codec of a preset or a plain Qwen2.5-VL base: center or rexomni (a "
+                             "checkpoint keeps its own).", "center")
+    attn_implementation: str = _help("auto: flash_attention_2 on a GPU when installed, else sdpa; or any value "
+                                     "transformers takes.", "auto")
+    freeze_vision: bool = _help("Freeze the vision tower (model.visual.* except the merger).", False)
+    freeze_merger: bool = _help("Freeze the patch merger, the projector (model.visual.merger.*).", False)
+    freeze_llm: bool = _help("Freeze the language model, its embeddings and lm_head.", False)
+    vision_learning_rate: float | None = _help("Learning rate of the vision tower (null: learning_rate).", 2e-6)
+    merger_learning_rate: float | None = _help("Learning rate of the merger (null: learning_rate). The language model "
+                                               "trains at learning_rate.", 2e-5)
+    lora_r: int = _help("> 0: LoRA adapters of this rank on the language model's projections (PEFT); needs "
+                        "freeze_vision.", 0)
+    lora_alpha: int = _help("LoRA alpha (the adapters are scaled by alpha / r).", 32)
+    lora_dropout: float = _help("Dropout on the LoRA path.", 0.05)
+    lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS), metadata={
+        "help": "Module names that get LoRA adapters, inside the language model only (the vision blocks share "
+                "the names)."})
+    lora_train_new_tokens: bool = _help("Under LoRA, keep the embedding (and untied lm_head) rows of the coordinate "
+                                        "and negative tokens trainable: a base model has never seen them.", True)
 
     def __post_init__(self):
         if self.model_name_or_path is None and self.preset is None:
             raise ValueError("config: give model_name_or_path (a checkpoint) or preset (a random model)")
         if self.model_name_or_path is not None and self.preset is not None:
             raise ValueError("config: model_name_or_path and preset exclude each other; give one")
+        if self.freeze_llm and self.freeze_merger and self.freeze_vision and not self.lora_r:
+            raise ValueError("config: everything is frozen and lora_r is 0; nothing would train")
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.lora_r > 0
+
+
+def _default(name: str, default: Any, help: str | None = None) -> Any:
+    """TrainingArguments' field ``name`` with this project's default (and its own help where the
+    meaning here differs), so that ``--help`` shows the default a run really gets."""
+    metadata = dict(TrainingArguments.__dataclass_fields__[name].metadata)
+    if help:
+        metadata["help"] = help
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class SFTConfig(TrainingArguments):
+    """TrainingArguments with the released Rex-Omni SFT recipe's defaults, plus the SFT fields.
+
+    ``model_args`` holds the :class:`ModelArguments` read from the same YAML and flags.
+    """
+
+    # ---- TrainingArguments fields whose default (or meaning) differs here
+    output_dir: str | None = _default("output_dir", "runs/sft")
+    max_steps: int = _default("max_steps", 1000)
+    per_device_train_batch_size: int = _default("per_device_train_batch_size", 4)
+    learning_rate: float = _default("learning_rate", 2e-5, "Learning rate of the language model and the new token "
+                                    "rows (and of merger and vision tower when their own rate is null).")
+    lr_scheduler_type: SchedulerType | str = _default("lr_scheduler_type", "cosine")
+    warmup_steps: float = _default("warmup_steps", 0.03)
+    weight_decay: float = _default("weight_decay", 0.01)
+    seed: int = _default("seed", 0)
+    bf16: bool | str = _default("bf16", "auto", "true, false or auto: on where the device supports it.")
+    optim: OptimizerNames | str = _default("optim", "adamw_torch", "The optimizer. Keep adamw_torch: the trainer "
+                                           "builds it over per-part parameter groups and DeepSpeed wraps it.")
+    logging_steps: float = _default("logging_steps", 10)
+    logging_first_step: bool = _default("logging_first_step", True)
+    save_total_limit: int | None = _default("save_total_limit", 3)
+    report_to: None | str | list[str] = _default("report_to", "tensorboard")
+    disable_tqdm: bool | None = _default("disable_tqdm", False)
+    # Batches carry pixel_values, image_grid_thw and mm_token_type_ids; none may be dropped.
+    remove_unused_columns: bool = _default("remove_unused_columns", False)
+    resume_from_checkpoint: str | None = _default("resume_from_checkpoint", None, "A checkpoint folder, or auto "
+                                                  "(or true): the newest complete checkpoint in output_dir, a fresh "
+                                                  "start when there is none.")
+    eval_steps: int = _default("eval_steps", 0, "Held-out parse-and-score every N steps (0: only at the end); the "
+                               "Trainer's own evaluation is not used.")
+
+    # ---- data
+    data: dict | str | None = _help(
+        "Required. The mixture spec (data_engines/mixture.py): a YAML file, looked up next to the config first, or "
+        "a mapping; on the command line a mapping is YAML flow text: '{seed: 0, sources: [...]}'.")
+    system_prompt: str = _help("The system turn of every example: the one inference sends, so the trained model "
+                               "meets it again in rexomni detect.", SYSTEM_PROMPT)
+    train_examples: int | None = _help("Dataset length (default: max_steps x global batch, every example fresh).")
+    cache_examples: bool = _help("Keep encoded examples in memory (small fixed data sets).", False)
+    max_length: int = _help("Longer sequences are cut (the end of the answer is then lost).", 4096)
+    max_train_minutes: float | None = _help("Stop after this much training time; the final model is still saved.")
+
+    # ---- held-out scoring during training
+    eval_examples: int = _help("Held-out examples (drawn with another seed) generated, parsed and scored during "
+                               "training; 0: none.", 32)
+    eval_batch_size: int = _help("Batch size of the held-out generation.", 16)
+    eval_max_new_tokens: int = _help("Longest held-out answer generated, in tokens.", 64)
+
+    # ---- losses
+    soft_label_sigma: float = _help("> 0: Gaussian soft labels over the coordinate bins, sigma in bins (off by "
+                                    "default: it hurt the from-scratch runs, docs/training.md).", 0.0)
+    soft_label_weight: float = _help("Share of the soft-label term at coordinate positions, in [0, 1]; the rest is "
+                                     "the one-hot target.", 1.0)
+    extra_loss: str | None = _help("package.module:function adding a loss, called as fn(model=, inputs=, outputs=, "
+                                   "labels=) and returning a tensor or (tensor, {name: float}) (the dict is logged).")
+
+    model_args: ModelArguments | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self):
+        if isinstance(self.data, str) and self.data.lstrip().startswith("{"):
+            self.data = yaml.safe_load(self.data)  # a mapping given on the command line
         if self.data is None:
             raise ValueError("config: 'data' (a mixture spec path or mapping) is required")
         for name in ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps"):
@@ -97,92 +163,122 @@ class SFTConfig:
                 raise ValueError(f"config: {name} must be >= 1, got {getattr(self, name)}")
         if self.soft_label_sigma < 0 or not 0 <= self.soft_label_weight <= 1:
             raise ValueError("config: need soft_label_sigma >= 0 and 0 <= soft_label_weight <= 1")
-        if self.freeze_llm and self.freeze_merger and self.freeze_vision and not self.lora_r:
-            raise ValueError("config: everything is frozen and lora_r is 0; nothing would train")
-        if isinstance(self.report_to, str):
-            self.report_to = [] if self.report_to in ("none", "") else [self.report_to]
-
-    @property
-    def uses_lora(self) -> bool:
-        return self.lora_r > 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        self.bf16 = resolve_bf16(self.bf16)
+        self.dataloader_pin_memory = self.dataloader_pin_memory and torch.cuda.is_available()  # pinning needs a GPU
+        prepare_cpu_processes(self)  # before TrainingArguments sets up the devices
+        super().__post_init__()
 
 
-def _field_types() -> dict[str, Any]:
-    return get_type_hints(SFTConfig)
+def bf16_supported() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-def _parse_value(name: str, text: str) -> Any:
-    """A command-line string -> the field's type (YAML syntax: ``true``, ``1e-3``, ``[a, b]``, ``null``)."""
-    value = _coerce(name, yaml.safe_load(text))
-    if str(_field_types()[name]).startswith("str") and not isinstance(value, str) and value is not None:
-        return str(text)
+def resolve_bf16(value: bool | str) -> bool:
+    """``auto`` -> on where the device has it; an explicit true on a GPU without it is an error."""
+    if value == "auto":
+        return bf16_supported()
+    if not isinstance(value, bool):
+        raise ValueError(f"config: bf16 must be true, false or auto, got {value!r}")
+    if value and torch.cuda.is_available() and not bf16_supported():
+        raise ValueError("bf16: true, but this GPU does not support bfloat16; set bf16: false")
     return value
 
 
-def _coerce(name: str, value: Any) -> Any:
-    """Numbers for float fields: YAML reads ``1e-4`` (no dot) as a string, and ints stay ints."""
-    hint = str(_field_types()[name])
-    if "float" in hint and value is not None and not isinstance(value, bool):
+# --------------------------------------------------------------------------- parsing
+
+
+class ConfigParser(HfArgumentParser):
+    """transformers' ``HfArgumentParser`` with a YAML config, as TRL's ``TrlParser`` has it: the
+    file's values replace the fields' defaults and flags override both. Beyond that: unknown keys
+    and flags are errors that name them (a ``ValueError``, never an exit), ``null`` on the command
+    line sets an optional field to None, a field that also takes a string keeps text its type cannot
+    read (``--bf16 auto``), and relative paths in ``path_fields`` are looked up next to the YAML
+    first."""
+
+    def __init__(self, dataclass_types: list[DataClassType], path_fields: tuple[str, ...] = (), **kwargs):
+        super().__init__(dataclass_types, allow_abbrev=False, **kwargs)
+        self.path_fields = path_fields
+        self.add_argument("--config", metavar="YAML", help="A YAML file of field values; flags override them.")
+        hints = {name: hint for dtype in self.dataclass_types for name, hint in get_type_hints(dtype).items()}
+        for action in self._actions:
+            if action.type is not None and action.dest in hints:
+                action.type = _from_text(action.type, hints[action.dest])
+
+    def _add_dataclass_arguments(self, dtype: DataClassType) -> None:
+        """One argument group per class that declares fields, the most derived first: the fields this
+        project adds or gives its own default come before the rest of TrainingArguments."""
+        hints = get_type_hints(dtype)
+        by_owner: dict[type, list[dataclasses.Field]] = {}
+        for f in dataclasses.fields(dtype):
+            if f.init:
+                owner = next(c for c in dtype.__mro__ if f.name in c.__dict__.get("__annotations__", {}))
+                by_owner.setdefault(owner, []).append(f)
+        for owner in sorted(by_owner, key=dtype.__mro__.index):
+            group = self.add_argument_group(owner.__name__, " ".join(owner.__doc__.split("\n\n")[0].split()))
+            for f in by_owner[owner]:
+                f.type = hints[f.name]
+                self._parse_dataclass_field(group, f)
+
+    def error(self, message: str):
+        raise ValueError(message)
+
+    def parse_config(self, argv: list[str], values: dict | None = None) -> tuple[list[DataClass], argparse.Namespace]:
+        """(one instance per dataclass, the other arguments) from the YAML of ``--config``, then
+        ``values`` (a dict, as in YAML), then the flags in ``argv``."""
+        path = _config_path(argv)
+        base_dir = os.path.dirname(os.path.abspath(path)) if path else "."
+        self._set_values(read_yaml(path) if path else {}, path)
+        self._set_values(values or {}, "overrides")
+        namespace, unknown = self.parse_known_args(argv)
+        if unknown:
+            raise ValueError(f"unknown option {' '.join(unknown)}; `{self.prog} --help` lists the fields")
+        for name in self.path_fields:
+            if isinstance(getattr(namespace, name, None), str):
+                setattr(namespace, name, resolve_path(getattr(namespace, name), base_dir))
+        outputs = []
+        for dtype in self.dataclass_types:
+            names = {f.name for f in dataclasses.fields(dtype) if f.init}
+            outputs.append(dtype(**{name: vars(namespace).pop(name) for name in names}))
+        return outputs, namespace
+
+    def _set_values(self, values: dict, source: str) -> None:
+        unknown = sorted(set(values) - {action.dest for action in self._actions})
+        if unknown:
+            raise ValueError(f"{source}: unknown keys {unknown}; `{self.prog} --help` lists the fields")
+        self.set_defaults(**values)
+
+
+def _config_path(argv: list[str]) -> str | None:
+    finder = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    finder.add_argument("--config")
+    return finder.parse_known_args(argv)[0].config
+
+
+def _from_text(convert, hint):
+    """``convert`` (the type HfArgumentParser chose for a field) extended to YAML's ``null`` for an
+    optional field, and to the text itself for a field that also takes a string (bf16: auto)."""
+    nullable, textual = type(None) in get_args(hint), str in get_args(hint)
+
+    def parse(text: str):
+        if nullable and text.strip().lower() in ("null", "~"):
+            return None
         try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"config: {name} must be a number, got {value!r}") from None
-    return value
+            return convert(text)
+        except (TypeError, ValueError, argparse.ArgumentTypeError):
+            if textual:
+                return text
+            raise
+
+    parse.__name__ = getattr(convert, "__name__", "value")  # argparse names it in "invalid <type> value"
+    return parse
 
 
-def parse_overrides(argv: list[str]) -> dict[str, Any]:
-    """``["--max_steps", "5", "--bf16=false"]`` -> ``{"max_steps": 5, "bf16": False}``; unknown flags raise."""
-    known = {f.name for f in fields(SFTConfig)}
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("--"):
-            raise ValueError(f"unexpected argument {arg!r}; overrides look like --name value")
-        name, eq, value = arg[2:].partition("=")
-        name = name.replace("-", "_")
-        if name not in known:
-            raise ValueError(f"unknown option --{name}; config fields are: {', '.join(sorted(known))}")
-        if not eq:
-            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
-                value = "true"  # a bare flag switches a boolean on
-            else:
-                i += 1
-                value = argv[i]
-        out[name] = _parse_value(name, value)
-        i += 1
-    return out
-
-
-def load_config(path: str | None, overrides: list[str] | dict[str, Any] | None = None) -> SFTConfig:
-    """Read ``path`` (YAML) and apply ``overrides`` (argv-style list or dict).
-
-    A relative ``data`` or ``deepspeed`` path is looked up next to the YAML file first, then from
-    the current folder, so shipped configs work from anywhere.
-    """
-    data: dict[str, Any] = {}
-    base_dir = "."
-    if path is not None:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: an SFT config must be a YAML mapping, got {type(data).__name__}")
-        base_dir = os.path.dirname(os.path.abspath(path))
-    known = {f.name for f in fields(SFTConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {unknown}; see sft/config.py for the fields")
-    if isinstance(overrides, list):
-        overrides = parse_overrides(overrides)
-    data.update(overrides or {})
-    data = {key: _coerce(key, value) for key, value in data.items()}
-    for key in ("data", "deepspeed"):
-        if isinstance(data.get(key), str):
-            data[key] = resolve_path(data[key], base_dir)
-    return SFTConfig(**data)
+def read_yaml(path: str) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config must be a YAML mapping, got {type(data).__name__}")
+    return data
 
 
 def resolve_path(value: str, base_dir: str) -> str:
@@ -191,3 +287,24 @@ def resolve_path(value: str, base_dir: str) -> str:
         return value
     candidates = [os.path.join(base_dir, value), os.path.join(base_dir, os.path.basename(value)), value]
     return next((c for c in candidates if os.path.exists(c)), value)
+
+
+def sft_parser() -> ConfigParser:
+    return ConfigParser([ModelArguments, SFTConfig], path_fields=("data", "deepspeed"), prog="rexomni sft",
+                        usage="rexomni sft --config CONFIG.yaml [--dry-run] [--FIELD VALUE ...]",
+                        description="Supervised fine-tuning. Every field below is a key of the YAML config and a "
+                                    "flag that overrides it (docs/training.md).")
+
+
+def parse_sft_args(parser: ConfigParser, argv: list[str], values: dict | None = None) -> tuple[SFTConfig, Any]:
+    """(the SFTConfig, with its ``model_args``; the other arguments) as ``parser`` reads them."""
+    (model_args, config), rest = parser.parse_config(argv, values)
+    config.model_args = model_args
+    return config, rest
+
+
+def load_config(path: str | None, overrides: list[str] | dict[str, Any] | None = None) -> SFTConfig:
+    """Read ``path`` (YAML), then ``overrides``: flags (a list, as on the command line) or values
+    (a dict, as in YAML)."""
+    argv = (["--config", path] if path else []) + (overrides if isinstance(overrides, list) else [])
+    return parse_sft_args(sft_parser(), argv, overrides if isinstance(overrides, dict) else None)[0]

@@ -1,6 +1,7 @@
 """Model set-up for SFT: load or build the model, freeze parts, group parameters by learning rate,
 wrap in LoRA, and describe the result (the ``--dry-run`` plan uses the same functions on the meta
-device).
+device). Everything here reads :class:`~rexomni.sft.config.ModelArguments` (shared with GRPO), never
+the SFT training config.
 
 Parts of a Qwen2.5-VL model, by parameter name:
 
@@ -22,7 +23,7 @@ from rexomni.modeling import RexOmniSettings, build_model, preset_config, preset
 from rexomni.processing import make_processor
 from rexomni.tokens import NEGATIVE_TOKENS, coord_tokens, prepare_tokenizer
 
-from .config import SFTConfig
+from .config import ModelArguments
 
 logger = logging.getLogger(__name__)
 PARTS = ("vision", "merger", "llm")
@@ -54,71 +55,58 @@ def part_of(name: str) -> str:
     return "llm"
 
 
-def bf16_supported() -> bool:
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-
-
-def resolve_bf16(config: SFTConfig) -> bool:
-    """``bf16: auto`` -> on where the device has it; an explicit true on a device without it is an error."""
-    if config.bf16 in ("auto", None):
-        return bf16_supported()
-    wanted = bool(config.bf16)
-    if wanted and not bf16_supported() and torch.cuda.is_available():
-        raise ValueError("bf16: true, but this GPU does not support bfloat16; set bf16: false")
-    return wanted
-
-
-def resolve_attn(config: SFTConfig) -> str:
-    if config.attn_implementation != "auto":
-        return config.attn_implementation
+def resolve_attn(args: ModelArguments) -> str:
+    if args.attn_implementation != "auto":
+        return args.attn_implementation
     if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
     return "sdpa"
 
 
-def _load_tokenizer(config: SFTConfig):
-    """The tokenizer of a from-scratch preset: ``config.tokenizer`` (a folder or hub id), else the offline one."""
-    if config.tokenizer:
+def _load_tokenizer(args: ModelArguments):
+    """The tokenizer of a from-scratch preset: ``args.tokenizer`` (a folder or hub id), else the offline one."""
+    if args.tokenizer:
         from rexomni.checkpoint import load_tokenizer
 
-        return load_tokenizer(config.tokenizer)
+        return load_tokenizer(args.tokenizer)
     from rexomni.testing import build_test_tokenizer
 
     return build_test_tokenizer()
 
 
-def load_model(config: SFTConfig) -> ModelBundle:
-    """The model to train: a random ``preset``, or a checkpoint folder / hub id loaded by
-    :func:`rexomni.checkpoint.load_checkpoint` (the released Rex-Omni, a plain Qwen2.5-VL base
-    given ``config.coord_codec``, or a checkpoint of this project)."""
-    if config.preset:
-        tokenizer = _load_tokenizer(config)
-        model = build_model(config.preset, tokenizer, seed=config.seed)
-        settings = preset_settings(config.preset, coord_codec=config.coord_codec)
+def load_model(args: ModelArguments, *, seed: int = 0, bf16: bool = False) -> ModelBundle:
+    """The model to train: a random ``preset`` (initialised from ``seed``), or a checkpoint folder /
+    hub id loaded by :func:`rexomni.checkpoint.load_checkpoint` in bfloat16 when ``bf16`` (the
+    released Rex-Omni, a plain Qwen2.5-VL base given ``args.coord_codec``, or a checkpoint of this
+    project)."""
+    if args.preset:
+        tokenizer = _load_tokenizer(args)
+        model = build_model(args.preset, tokenizer, seed=seed)
+        settings = preset_settings(args.preset, coord_codec=args.coord_codec)
         token_ids = prepare_tokenizer(tokenizer, settings.num_bins)
         processor = make_processor(tokenizer, settings.min_pixels, settings.max_pixels)
     else:
         from rexomni.checkpoint import load_checkpoint
 
-        dtype = torch.bfloat16 if resolve_bf16(config) else torch.float32
-        checkpoint = load_checkpoint(config.model_name_or_path, dtype=dtype, attn_implementation=resolve_attn(config),
-                                     base_codec=config.coord_codec)
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        checkpoint = load_checkpoint(args.model_name_or_path, dtype=dtype, attn_implementation=resolve_attn(args),
+                                     base_codec=args.coord_codec)
         model, processor, settings, token_ids = (checkpoint.model, checkpoint.processor, checkpoint.settings,
                                                  checkpoint.token_ids)
     new_ids = list(token_ids.coords) + list(token_ids.negatives.values())
     return ModelBundle(model, processor, settings, list(token_ids.coords), new_ids)
 
 
-def apply_freezing(model, config: SFTConfig) -> None:
+def apply_freezing(model, args: ModelArguments) -> None:
     """Switch off gradients of the frozen parts (before LoRA, which freezes the rest itself)."""
-    frozen = {part for part, flag in (("vision", config.freeze_vision), ("merger", config.freeze_merger),
-                                      ("llm", config.freeze_llm)) if flag}
+    frozen = {part for part, flag in (("vision", args.freeze_vision), ("merger", args.freeze_merger),
+                                      ("llm", args.freeze_llm)) if flag}
     for name, param in model.named_parameters():
         if part_of(name) in frozen:
             param.requires_grad_(False)
 
 
-def apply_lora(model, config: SFTConfig, new_token_ids: list[int]):
+def apply_lora(model, args: ModelArguments, new_token_ids: list[int]):
     """Wrap ``model`` in PEFT LoRA on the language model's projections.
 
     The embedding rows of the coordinate and negative tokens stay trainable (PEFT's trainable token
@@ -128,51 +116,53 @@ def apply_lora(model, config: SFTConfig, new_token_ids: list[int]):
     """
     from peft import LoraConfig, get_peft_model
 
-    if not config.freeze_vision:
+    if not args.freeze_vision:
         raise ValueError("LoRA with an unfrozen vision tower is not supported; set freeze_vision: true")
-    names = "|".join(config.lora_target_modules)
+    names = "|".join(args.lora_target_modules)
     trainable_tokens = None
-    if config.lora_train_new_tokens and new_token_ids:
+    if args.lora_train_new_tokens and new_token_ids:
         trainable_tokens = {"embed_tokens": sorted(new_token_ids)}
         if not getattr(model.config, "tie_word_embeddings", False):
             trainable_tokens["lm_head"] = sorted(new_token_ids)
     lora = LoraConfig(
-        r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
         target_modules=LORA_SCOPE.format(names=names), task_type="CAUSAL_LM",
-        modules_to_save=None if config.freeze_merger else ["merger"],
+        modules_to_save=None if args.freeze_merger else ["merger"],
         trainable_token_indices=trainable_tokens,
     )
     return get_peft_model(model, lora)
 
 
-def prepare_model(bundle: ModelBundle, config: SFTConfig):
-    """Freezing, then LoRA when asked, then gradient checkpointing; returns the model to train."""
+def prepare_model(bundle: ModelBundle, args: ModelArguments, activation_checkpointing: bool = False):
+    """Freezing, then LoRA when asked, then what activation checkpointing needs; returns the model to
+    train (the Trainer switches the checkpointing itself on)."""
     model = bundle.model
-    apply_freezing(model, config)
-    if config.uses_lora:
-        model = apply_lora(model, config, bundle.new_token_ids)
-    if config.gradient_checkpointing:
+    apply_freezing(model, args)
+    if args.uses_lora:
+        model = apply_lora(model, args, bundle.new_token_ids)
+    if activation_checkpointing:
         model.config.use_cache = False
-        if config.uses_lora:
+        if args.uses_lora:
             model.enable_input_require_grads()  # checkpointed blocks need a grad-carrying input
     return model
 
 
-def parameter_groups(model, config: SFTConfig) -> list[dict]:
-    """Optimizer groups: one per (part, decay or not) with the part's learning rate.
+def parameter_groups(model, args: ModelArguments, learning_rate: float, weight_decay: float) -> list[dict]:
+    """Optimizer groups: one per (part, decay or not) with the part's learning rate (``learning_rate``
+    for the language model, and for merger and vision when theirs is None).
 
     Biases, norms and embeddings get no weight decay, as in transformers' default grouping.
     """
-    rates = {"llm": config.learning_rate,
-             "merger": config.merger_learning_rate if config.merger_learning_rate is not None else config.learning_rate,
-             "vision": config.vision_learning_rate if config.vision_learning_rate is not None else config.learning_rate}
+    rates = {"llm": learning_rate,
+             "merger": args.merger_learning_rate if args.merger_learning_rate is not None else learning_rate,
+             "vision": args.vision_learning_rate if args.vision_learning_rate is not None else learning_rate}
     groups: dict[tuple[str, bool], list] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         decay = param.ndim >= 2 and "embed" not in name and "norm" not in name
         groups.setdefault((part_of(name), decay), []).append(param)
-    return [{"params": params, "lr": rates[part], "weight_decay": config.weight_decay if decay else 0.0,
+    return [{"params": params, "lr": rates[part], "weight_decay": weight_decay if decay else 0.0,
              "name": f"{part}{'' if decay else '_no_decay'}"}
             for (part, decay), params in sorted(groups.items())]
 
@@ -191,17 +181,17 @@ def count_by_part(model) -> dict[str, tuple[int, int]]:
 # --------------------------------------------------------------------------- dry run (meta device)
 
 
-def meta_model(config: SFTConfig):
+def meta_model(args: ModelArguments):
     """(model on the meta device, settings, where its shape came from) without loading any weight."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    if config.preset:
-        tokenizer = _load_tokenizer(config)
-        model = build_model(config.preset, tokenizer, device="meta")
+    if args.preset:
+        tokenizer = _load_tokenizer(args)
+        model = build_model(args.preset, tokenizer, device="meta")
         rows = _grown_rows(model, len(tokenizer))
-        return model, preset_settings(config.preset, coord_codec=config.coord_codec), \
-            f"preset {config.preset} ({rows} vocabulary rows)"
-    source = config.model_name_or_path
+        return model, preset_settings(args.preset, coord_codec=args.coord_codec), \
+            f"preset {args.preset} ({rows} vocabulary rows)"
+    source = args.model_name_or_path
     try:
         from transformers import AutoConfig
 
@@ -209,15 +199,15 @@ def meta_model(config: SFTConfig):
         model_config = AutoConfig.from_pretrained(source, local_files_only=True)
         origin = f"{source}/config.json"
     except (OSError, ValueError) as e:
-        if not config.shape_preset:
+        if not args.shape_preset:
             raise ValueError(f"cannot read the config of {source!r} ({e}); give shape_preset for a dry run") from None
         from rexomni.testing import build_base_tokenizer
 
-        model_config = preset_config(config.shape_preset, build_base_tokenizer())
-        origin = f"preset {config.shape_preset} (the config of {source} is not on this machine)"
+        model_config = preset_config(args.shape_preset, build_base_tokenizer())
+        origin = f"preset {args.shape_preset} (the config of {source} is not on this machine)"
     with torch.device("meta"):
         model = Qwen2_5_VLForConditionalGeneration(model_config)
-    settings = RexOmniSettings(coord_codec=config.coord_codec)
+    settings = RexOmniSettings(coord_codec=args.coord_codec)
     return model, settings, origin
 
 

@@ -11,6 +11,9 @@ exact resume, logging, and that is what is used.
     from rexomni.sft.config import load_config
     from rexomni.sft.trainer import run_sft
     run_sft(load_config("sft/configs/tiny.yaml", ["--max_steps", "20"]))
+
+The configuration is the Trainer's ``args`` (``SFTConfig`` derives from ``TrainingArguments``); what
+DeepSpeed and DDP need on machines without CUDA is in :mod:`rexomni.sft.cpu_deepspeed`.
 """
 
 from __future__ import annotations
@@ -23,22 +26,15 @@ import time
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback
 
 from rexomni.modeling import save_checkpoint
 
 from .config import SFTConfig
 from .data import ExampleEncoder, MixtureDataset, SFTCollator
-from .heldout import evaluate_heldout
+from .heldout import evaluate_heldout, heldout_sets
 from .losses import CausalLMLoss, load_extra_loss
-from .model_setup import (
-    ModelBundle,
-    count_by_part,
-    load_model,
-    parameter_groups,
-    prepare_model,
-    resolve_bf16,
-)
+from .model_setup import ModelBundle, count_by_part, load_model, parameter_groups, prepare_model
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +44,20 @@ logger = logging.getLogger(__name__)
 
 class RexOmniSFTTrainer(Trainer):
     """``Trainer`` with the project's loss, per-part learning rates, tokens/s logging, an extra-loss
-    hook and checkpoints that ``RexOmni.from_pretrained`` loads (rexomni settings saved alongside)."""
+    hook and checkpoints that ``RexOmni.from_pretrained`` loads (rexomni settings saved alongside).
+    ``args`` is an :class:`SFTConfig` with its ``model_args``."""
 
-    def __init__(self, *args, bundle: ModelBundle, sft_config: SFTConfig, **kwargs):
-        self.bundle, self.sft_config = bundle, sft_config
-        self.lm_loss = CausalLMLoss(bundle.coord_ids, sft_config.soft_label_sigma, sft_config.soft_label_weight)
-        self.extra_loss = load_extra_loss(sft_config.extra_loss)
+    def __init__(self, *args, bundle: ModelBundle, **kwargs):
         super().__init__(*args, compute_loss_func=self.lm_loss_from_outputs, **kwargs)
+        self.bundle = bundle
+        self.lm_loss = CausalLMLoss(bundle.coord_ids, self.args.soft_label_sigma, self.args.soft_label_weight)
+        self.extra_loss = load_extra_loss(self.args.extra_loss)
         self._tokens, self._last_log_time, self._extra_logs = 0, None, {}
+
+    @property
+    def sft_config(self) -> SFTConfig:
+        """The run's config, the Trainer's ``args`` (what the callbacks read)."""
+        return self.args
 
     def lm_loss_from_outputs(self, outputs, labels, num_items_in_batch=None):
         return self.lm_loss(outputs.logits, labels, num_items_in_batch)
@@ -84,7 +86,7 @@ class RexOmniSFTTrainer(Trainer):
     def create_optimizer(self, model=None):
         """AdamW (torch) over one group per part: DeepSpeed then wraps it instead of compiling its own."""
         if self.optimizer is None:
-            groups = parameter_groups(self.model, self.sft_config)
+            groups = parameter_groups(self.model, self.args.model_args, self.args.learning_rate, self.args.weight_decay)
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
             optimizer_kwargs.pop("lr", None)
             self.optimizer = optimizer_cls(groups, lr=self.args.learning_rate, **optimizer_kwargs)
@@ -132,20 +134,20 @@ def _is_peft(model) -> bool:
 
 
 class HeldOutCallback(TrainerCallback):
-    """Every ``eval_steps`` (and at the end): generate on held-out examples, parse, score, log."""
+    """Every ``eval_steps`` (and at the end): score the live model on the held-out sets as ``rexomni eval``
+    would (:mod:`.heldout`), and log ``heldout/<task>/<metric>``."""
 
-    def __init__(self, trainer: RexOmniSFTTrainer, encoder: ExampleEncoder, examples: list[dict]):
-        self.trainer, self.encoder, self.examples = trainer, encoder, examples
+    def __init__(self, trainer: RexOmniSFTTrainer, sets: dict[str, list[dict]]):
+        self.trainer, self.sets = trainer, sets
         self.history: list[dict] = []
 
     def _run(self, state) -> None:
         from transformers.integrations import is_deepspeed_zero3_enabled
 
-        config = self.trainer.sft_config
+        config, bundle = self.trainer.sft_config, self.trainer.bundle
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
-        metrics = evaluate_heldout(model, self.encoder, self.examples, self.trainer.bundle.settings.coord_codec,
-                                   config.eval_batch_size, config.eval_max_new_tokens,
-                                   synced_gpus=is_deepspeed_zero3_enabled())
+        metrics = evaluate_heldout(model, bundle.processor, bundle.settings, self.sets, config.eval_batch_size,
+                                   config.eval_max_new_tokens, synced_gpus=is_deepspeed_zero3_enabled())
         if metrics:
             metrics = {f"heldout/{k}": v for k, v in metrics.items()}
             self.history.append({"step": state.global_step, **metrics})
@@ -195,105 +197,14 @@ def global_batch(config: SFTConfig) -> int:
     return config.per_device_train_batch_size * config.gradient_accumulation_steps * world_size()
 
 
-def build_datasets(config: SFTConfig, encoder: ExampleEncoder | None) -> tuple[MixtureDataset, list[dict]]:
-    """(training dataset, held-out examples). Training draws are seeded by the mixture's seed and
-    the run's ``seed``; held-out draws by the mixture's seed only, so every run scores the same set."""
+def build_datasets(config: SFTConfig, encoder: ExampleEncoder | None) -> tuple[MixtureDataset, dict[str, list[dict]]]:
+    """(training dataset, held-out sets by task). Training draws are seeded by the mixture's seed and
+    the run's ``seed``; held-out draws by the mixture's seed only, so every run scores the same scenes."""
     mixture = build_mixture(config)
     length = config.train_examples or config.max_steps * global_batch(config)
     train = MixtureDataset(mixture, length, encoder, seed=f"train:{mixture.seed}:{config.seed}",
                            cache=config.cache_examples)
-    heldout_set = MixtureDataset(mixture, max(config.eval_examples, 1), None, seed=f"heldout:{mixture.seed}")
-    heldout = [heldout_set.example(i) for i in range(config.eval_examples)]
-    return train, heldout
-
-
-# --------------------------------------------------------------------------- arguments
-
-
-def _disable_deepspeed_cpu_shm() -> None:
-    """On a CPU-only machine, let DeepSpeed use plain gloo collectives instead of compiling its
-    shared-memory op (about 35 s at the first run): the op only speeds up CPU all-reduce."""
-    if torch.cuda.is_available():
-        return
-    import deepspeed.ops
-
-    compatible = dict(deepspeed.ops.__compatible_ops__) if "__compatible_ops__" in vars(deepspeed.ops) else {}
-    compatible["deepspeed_shm_comm"] = False
-    vars(deepspeed.ops)["__compatible_ops__"] = _AllFalse(compatible)
-
-
-class _AllFalse(dict):
-    """A compatibility table that answers False for every op it was not told about (no probing)."""
-
-    def get(self, key, default=None):
-        return super().get(key, False)
-
-
-def _cpu_backend() -> str | None:
-    """gloo for a launched (torchrun / deepspeed) run on a machine without CUDA, else None."""
-    launched = int(os.environ.get("LOCAL_RANK", "-1")) != -1
-    return "gloo" if launched and not torch.cuda.is_available() else None
-
-
-def _configure_cpu_deepspeed_state() -> dict | None:
-    """DeepSpeed with several processes on a machine without CUDA: set up accelerate's state here.
-
-    transformers' TrainingArguments does not pass ``ddp_backend`` to accelerate when DeepSpeed is
-    on, and accelerate (not told ``cpu``, finding no accelerator) then keeps backend None: DeepSpeed
-    still joins the processes, but accelerate records ``num_processes = 1`` and DeepSpeed's batch
-    check fails (global batch counted for 1 process, world size 2). Building the state ourselves
-    with backend gloo and handing it over (``use_configured_state``) gives both the same world.
-    Returns the ``accelerator_config`` to pass, or None when nothing is needed.
-    """
-    if _cpu_backend() is None:
-        return None
-    from accelerate import PartialState
-
-    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"  # what TrainingArguments sets around the same call
-    try:
-        PartialState(backend="gloo")
-    finally:
-        del os.environ["ACCELERATE_USE_DEEPSPEED"]
-    return {"use_configured_state": True}
-
-
-def training_arguments(config: SFTConfig) -> TrainingArguments:
-    """TrainingArguments from the config (see :func:`_configure_cpu_deepspeed_state` for the
-    one departure: DeepSpeed on CPU processes)."""
-    accelerator_config = None
-    if config.deepspeed:
-        _disable_deepspeed_cpu_shm()
-        accelerator_config = _configure_cpu_deepspeed_state()
-    return TrainingArguments(
-        output_dir=config.output_dir,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler_type,
-        warmup_steps=config.warmup_ratio if config.warmup_ratio < 1 else int(config.warmup_ratio),
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm,
-        seed=config.seed,
-        data_seed=config.seed,
-        bf16=resolve_bf16(config),
-        activation_checkpointing=config.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        deepspeed=config.deepspeed,
-        ddp_backend=_cpu_backend(),
-        dataloader_num_workers=config.dataloader_num_workers,
-        remove_unused_columns=False,
-        logging_steps=config.logging_steps,
-        logging_first_step=True,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        report_to=config.report_to,
-        disable_tqdm=not config.progress,
-        optim="adamw_torch",
-        accelerator_config=accelerator_config,
-    )
+    return train, heldout_sets(mixture, config.eval_examples)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -335,7 +246,7 @@ def save_final(trainer: RexOmniSFTTrainer, config: SFTConfig) -> str:
     """The final model in ``output_dir``, loadable by ``RexOmni.from_pretrained``. A LoRA run also
     keeps its adapter in ``output_dir/adapter`` and writes the merged weights to ``output_dir``."""
     bundle = trainer.bundle
-    if not config.uses_lora:
+    if not config.model_args.uses_lora:
         trainer.save_model(config.output_dir)
         return config.output_dir
     trainer.save_model(os.path.join(config.output_dir, "adapter"))
@@ -346,24 +257,20 @@ def save_final(trainer: RexOmniSFTTrainer, config: SFTConfig) -> str:
     return config.output_dir
 
 
-# --------------------------------------------------------------------------- entry
 
 
 def run_sft(config: SFTConfig) -> dict[str, Any]:
     """Train as ``config`` says; returns the final train metrics and the held-out history."""
-    if config.preset:  # a small random model: built whole, DeepSpeed partitions it later
-        bundle = load_model(config)
-        args = training_arguments(config)
-    else:  # a checkpoint: ZeRO-3 must be configured first so that loading partitions the weights
-        args = training_arguments(config)
-        bundle = load_model(config)
-    model = prepare_model(bundle, config)
+    # The config already set DeepSpeed up: under ZeRO-3 a checkpoint is partitioned as it loads,
+    # and a preset's random model, built whole, is partitioned by the Trainer.
+    bundle = load_model(config.model_args, seed=config.seed, bf16=config.bf16)
+    model = prepare_model(bundle, config.model_args, config.activation_checkpointing)
     encoder = ExampleEncoder(bundle.processor, config.system_prompt, config.max_length)
     train_set, heldout = build_datasets(config, encoder)
     collator = SFTCollator(encoder.pad_id, encoder.image_token_id)
-    trainer = RexOmniSFTTrainer(model=model, args=args, train_dataset=train_set, data_collator=collator,
-                                processing_class=bundle.processor, bundle=bundle, sft_config=config)
-    callback = HeldOutCallback(trainer, encoder, heldout)
+    trainer = RexOmniSFTTrainer(model=model, args=config, train_dataset=train_set, data_collator=collator,
+                                processing_class=bundle.processor, bundle=bundle)
+    callback = HeldOutCallback(trainer, heldout)
     if config.eval_examples:
         trainer.add_callback(callback)
     if config.max_train_minutes:
@@ -387,12 +294,13 @@ def plan(config: SFTConfig) -> str:
     (the model is built on the meta device; no weight is loaded)."""
     from .model_setup import apply_freezing, apply_lora, fake_new_token_ids, meta_model
 
-    model, settings, origin = meta_model(config)
-    apply_freezing(model, config)
+    model_args = config.model_args
+    model, settings, origin = meta_model(model_args)
+    apply_freezing(model, model_args)
     lora_note = ""
-    if config.uses_lora:
+    if model_args.uses_lora:
         try:
-            model = apply_lora(model, config, fake_new_token_ids(model))
+            model = apply_lora(model, model_args, fake_new_token_ids(model))
         except Exception as e:  # PEFT on meta tensors: report rather than fail the plan
             lora_note = f" (LoRA not simulated: {e})"
     counts = count_by_part(model)
@@ -400,20 +308,20 @@ def plan(config: SFTConfig) -> str:
     trainable = sum(c[1] for c in counts.values())
     ws, gb = world_size(), global_batch(config)
     lines = [
-        f"model          {config.model_name_or_path or 'random ' + str(config.preset)}  [shape: {origin}]",
+        f"model          {model_args.model_name_or_path or 'random ' + str(model_args.preset)}  [shape: {origin}]",
         f"world size     {ws}  (WORLD_SIZE; launchers set it)",
         f"batch          {config.per_device_train_batch_size} per device x {config.gradient_accumulation_steps} "
         f"accumulation x {ws} processes = {gb} global",
         f"steps          {config.max_steps}  ({config.max_steps * gb} examples)",
         f"tokens/step    {_tokens_per_step(config, settings, gb)}",
-        f"learning rate  llm {config.learning_rate:g}, merger {config.merger_learning_rate}, vision "
-        f"{config.vision_learning_rate}; {config.lr_scheduler_type}, warm-up {config.warmup_ratio:g}",
-        f"precision      bf16={resolve_bf16(config)}  gradient checkpointing={config.gradient_checkpointing}",
-        f"deepspeed      {config.deepspeed or 'off'}{_zero_stage(config.deepspeed)}",
+        f"learning rate  llm {config.learning_rate:g}, merger {model_args.merger_learning_rate}, vision "
+        f"{model_args.vision_learning_rate}; {config.lr_scheduler_type.value}, warm-up {config.warmup_steps:g}",
+        f"precision      bf16={config.bf16}  activation checkpointing={config.activation_checkpointing}",
+        f"deepspeed      {config.deepspeed or 'off'}{_zero_stage(config)}",
         "losses         cross-entropy" + (f" + soft labels (sigma {config.soft_label_sigma:g} bins, weight "
                                            f"{config.soft_label_weight:g})" if config.soft_label_sigma else "")
         + (f" + {config.extra_loss}" if config.extra_loss else ""),
-        f"lora           {f'r={config.lora_r} alpha={config.lora_alpha}' if config.uses_lora else 'off'}"
+        f"lora           {f'r={model_args.lora_r} alpha={model_args.lora_alpha}' if model_args.uses_lora else 'off'}"
         + lora_note,
         "parameters     part      total          trainable   frozen",
     ]
@@ -425,15 +333,11 @@ def plan(config: SFTConfig) -> str:
     return "\n".join(lines)
 
 
-def _zero_stage(path: str | None) -> str:
-    if not path:
+def _zero_stage(config: SFTConfig) -> str:
+    """`` (ZeRO-N)`` from the DeepSpeed config that TrainingArguments has read, or nothing."""
+    if not config.deepspeed:
         return ""
-    try:
-        with open(path) as f:
-            stage = json.load(f).get("zero_optimization", {}).get("stage")
-        return f" (ZeRO-{stage})"
-    except (OSError, ValueError) as e:
-        return f" (unreadable: {e})"
+    return f" (ZeRO-{config.hf_deepspeed_config.get_value('zero_optimization.stage')})"
 
 
 def _tokens_per_step(config: SFTConfig, settings, batch: int) -> str:

@@ -34,14 +34,14 @@ def single_object_data(size: int = 112, seed: int = 0) -> dict:
 def tiny_overrides(output_dir: str, **extra) -> dict:
     """Overrides of tiny.yaml for a quick, quiet run writing to ``output_dir``."""
     base = {"output_dir": str(output_dir), "max_steps": 4, "per_device_train_batch_size": 4,
-            "eval_examples": 0, "save_steps": 1000, "logging_steps": 1, "report_to": [], "progress": False,
+            "eval_examples": 0, "save_steps": 1000, "logging_steps": 1, "report_to": "none", "disable_tqdm": True,
             "data": single_object_data()}
     base.update(extra)
     return base
 
 
 def cli_args(overrides: dict) -> list[str]:
-    """The same overrides as ``rexomni sft`` flags (mappings and lists as YAML flow text)."""
+    """The same overrides as ``rexomni sft`` flags (a mapping as YAML flow text, None as null)."""
     import yaml
 
     args = []

@@ -1,8 +1,10 @@
 """SFT data: the hand-built pipeline equals the processor, labels cover exactly the answers,
-mm_token_type_ids matters, unreadable images are skipped and counted, configs parse."""
+mm_token_type_ids matters, unreadable images are skipped and counted, configs parse (YAML and
+flags, unknown keys refused, every field in ``rexomni sft --help``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -10,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 from rexomni.data_engines.mixture import Mixture
-from rexomni.sft.config import load_config, parse_overrides
+from rexomni.sft.config import load_config
 from rexomni.sft.data import IGNORE_INDEX, ExampleEncoder, MixtureDataset, SFTCollator
-from sft_helpers import TINY_YAML
+from sft_helpers import TINY_YAML, cli_args, single_object_data
 
 from rexomni.modeling import preset_settings
 from rexomni.processing import make_processor
@@ -134,14 +136,18 @@ def test_unreadable_image_is_skipped_and_counted(tmp_path, pipeline):
 
 
 def test_config_overrides_and_errors(tmp_path):
-    overrides = parse_overrides(["--max_steps", "7", "--learning_rate=1e-4", "--freeze_vision", "--lora_r", "8",
-                                 "--report_to", "[]", "--vision_learning_rate", "null"])
+    flags = ["--max_steps", "7", "--learning_rate=1e-4", "--freeze_vision", "--lora_r", "8", "--report_to", "none",
+             "--vision_learning_rate", "null"]
+    parsed = load_config(TINY_YAML, flags)
+    overrides = {"max_steps": parsed.max_steps, "learning_rate": parsed.learning_rate,
+                 "freeze_vision": parsed.model_args.freeze_vision, "lora_r": parsed.model_args.lora_r,
+                 "report_to": parsed.report_to, "vision_learning_rate": parsed.model_args.vision_learning_rate}
     assert overrides == {"max_steps": 7, "learning_rate": 1e-4, "freeze_vision": True, "lora_r": 8,
                          "report_to": [], "vision_learning_rate": None}
     config = load_config(TINY_YAML, ["--max_steps", "3", "--output_dir", str(tmp_path)])
-    assert config.max_steps == 3 and config.output_dir == str(tmp_path) and config.preset == "tiny"
+    assert config.max_steps == 3 and config.output_dir == str(tmp_path) and config.model_args.preset == "tiny"
     with pytest.raises(ValueError, match="unknown option --max_stepz"):
-        parse_overrides(["--max_stepz", "3"])
+        load_config(TINY_YAML, ["--max_stepz", "3"])
     bad = tmp_path / "bad.yaml"
     bad.write_text(json.dumps({"preset": "tiny", "data": {"sources": []}, "lerning_rate": 1}))
     with pytest.raises(ValueError, match="unknown keys"):
@@ -150,3 +156,44 @@ def test_config_overrides_and_errors(tmp_path):
         load_config(None, {"data": "x.yaml"})
     with pytest.raises(ValueError, match="max_steps"):
         load_config(TINY_YAML, {"max_steps": 0})
+
+
+def test_a_mapping_and_null_come_through_the_command_line():
+    config = load_config(TINY_YAML, cli_args({"data": single_object_data(), "save_total_limit": None}))
+    assert config.data == single_object_data() and config.save_total_limit is None
+
+
+def test_unknown_yaml_key_and_flag_are_refused_naming_them(tmp_path, capsys):
+    from rexomni.sft import cli
+
+    bad = tmp_path / "bad.yaml"
+    with open(TINY_YAML, encoding="utf-8") as f:
+        bad.write_text(f.read() + "lerning_rate: 1.0e-3\n")
+    assert cli.main(["--config", str(bad), "--dry-run"]) == 2
+    assert "unknown keys ['lerning_rate']" in capsys.readouterr().err
+    assert cli.main(["--config", TINY_YAML, "--dry-run", "--max_stepz", "3"]) == 2
+    assert "unknown option --max_stepz" in capsys.readouterr().err
+    assert cli.main(["--config", TINY_YAML, "--dry-run", "--max_step", "3"]) == 2, "no abbreviations"
+    assert "unknown option --max_step" in capsys.readouterr().err
+
+
+def own_fields(dtype) -> list:
+    """The fields ``dtype`` declares itself (new, or inherited with another default)."""
+    return [f for f in dataclasses.fields(dtype) if f.init and f.name in dtype.__dict__.get("__annotations__", {})]
+
+
+def test_help_lists_every_field_with_its_help_and_default(monkeypatch, capsys):
+    from rexomni.sft import cli
+    from rexomni.sft.config import ModelArguments, SFTConfig
+
+    monkeypatch.setenv("COLUMNS", "200")  # argparse wraps to the terminal; wide lines keep words whole
+    assert cli.main(["--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    fields = own_fields(ModelArguments) + own_fields(SFTConfig)
+    assert {"model_name_or_path", "lora_r", "data", "eval_examples", "soft_label_sigma", "bf16"} <= {
+        f.name for f in fields}
+    for f in fields:
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        help_text = " ".join(f.metadata["help"].split())
+        assert f"--{f.name}" in text, f.name
+        assert f"{help_text} (default: {default})" in text, f.name

@@ -25,7 +25,7 @@ def test_dry_run_every_shipped_config(path, capsys):
     for key in ("world size", "global", "steps", "tokens/step", "parameters", "vision", "merger", "llm"):
         assert key in out, f"{key!r} missing from the plan of {os.path.basename(path)}"
     config = load_config(path)
-    if config.freeze_vision:
+    if config.model_args.freeze_vision:
         assert any(line.split()[:1] == ["vision"] and line.rstrip().endswith("yes") for line in out.splitlines())
 
 
@@ -53,7 +53,8 @@ def memorised(tmp_path_factory):
 
 
 def test_memorises_eight_scenes_ap50_one(memorised):
-    from rexomni.sft.data import ExampleEncoder
+    """Asked as `rexomni eval` asks (the scenes' own phrases, in the prompt's order), the saved model
+    writes its eight training scenes back."""
     from rexomni.sft.heldout import evaluate_heldout
 
     from rexomni.api import RexOmni
@@ -61,11 +62,12 @@ def test_memorises_eight_scenes_ap50_one(memorised):
     config, result, examples = memorised
     assert result["global_step"] == 120
     detector = RexOmni.from_pretrained(config.output_dir)
-    encoder = ExampleEncoder(detector.processor, config.system_prompt)
-    metrics = evaluate_heldout(detector.model, encoder, examples, ap=True)
-    assert metrics["parsed_clean"] == 1.0
-    assert metrics["f1@0.5"] == 1.0
-    assert metrics["ap50"] == pytest.approx(1.0)
+    samples = [{"key": str(i), "image": e["image"], "width": e["width"], "height": e["height"],
+                "objects": e["targets"], "categories": e["phrases"]} for i, e in enumerate(examples)]
+    metrics = evaluate_heldout(detector.model, detector.processor, detector.settings, {"grounding": samples}, ap=True)
+    assert metrics["grounding/parsed_clean"] == 1.0
+    assert metrics["grounding/f1@0.5"] == 1.0
+    assert metrics["grounding/coco/AP50"] == pytest.approx(1.0)
 
 
 def test_checkpoint_folder_serves_detect(memorised):
@@ -113,8 +115,8 @@ def test_trainer_takes_the_steps_of_a_plain_adamw_loop(tmp_path):
     config = load_config(TINY_YAML, tiny_overrides(tmp_path / "trainer", max_steps=steps, max_grad_norm=0.5,
                                                    per_device_train_batch_size=batch))
     with one_thread():
-        bundle = load_model(config)
-        model = prepare_model(bundle, config)
+        bundle = load_model(config.model_args, seed=config.seed, bf16=config.bf16)
+        model = prepare_model(bundle, config.model_args)
         initial = {k: v.clone() for k, v in model.state_dict().items()}
         encoder = ExampleEncoder(bundle.processor, config.system_prompt, config.max_length)
         train_set, _ = build_datasets(config, encoder)

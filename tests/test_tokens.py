@@ -110,10 +110,10 @@ import os, torch, deepspeed
 from transformers import Qwen2Config, Qwen2ForCausalLM
 from transformers.integrations import HfDeepSpeedConfig
 from rexomni import grow_embeddings, prepare_tokenizer
-from rexomni.sft.trainer import _disable_deepspeed_cpu_shm
+from rexomni.sft.cpu_deepspeed import disable_shm_op
 from rexomni.testing import build_test_tokenizer
 
-_disable_deepspeed_cpu_shm()
+disable_shm_op()
 deepspeed.init_distributed(dist_backend="gloo")
 tokenizer = build_test_tokenizer(num_bins=10)
 ds_config = {"train_batch_size": 1, "zero_optimization": {"stage": 3}}
