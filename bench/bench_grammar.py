@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from rexomni import format_answer, parse_output
-from rexomni.testing import build_test_tokenizer
+from rexomni.offline_tokenizer import build_test_tokenizer
 
 W, H = 1280, 960
 

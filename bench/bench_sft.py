@@ -95,9 +95,9 @@ def run_trl(args, data, out: str) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from rexomni.modeling import build_model, preset_settings
+    from rexomni.offline_tokenizer import build_test_tokenizer
     from rexomni.processing import make_processor
     from rexomni.prompts import SYSTEM_PROMPT
-    from rexomni.testing import build_test_tokenizer
 
     tokenizer = build_test_tokenizer()
     model = build_model("tiny", tokenizer, seed=0)

@@ -180,8 +180,8 @@ def init_checkpoint(folder: str, preset: str = "tiny", tokenizer=None, seed: int
 
     ``tokenizer`` is a tokenizer or a path to one; by default the offline test tokenizer.
     """
+    from .offline_tokenizer import build_test_tokenizer
     from .processing import make_processor
-    from .testing import build_test_tokenizer
 
     if tokenizer is None:
         tokenizer = build_test_tokenizer()

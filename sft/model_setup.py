@@ -69,7 +69,7 @@ def _load_tokenizer(args: ModelArguments):
         from rexomni.checkpoint import load_tokenizer
 
         return load_tokenizer(args.tokenizer)
-    from rexomni.testing import build_test_tokenizer
+    from rexomni.offline_tokenizer import build_test_tokenizer
 
     return build_test_tokenizer()
 
@@ -201,7 +201,7 @@ def meta_model(args: ModelArguments):
     except (OSError, ValueError) as e:
         if not args.shape_preset:
             raise ValueError(f"cannot read the config of {source!r} ({e}); give shape_preset for a dry run") from None
-        from rexomni.testing import build_base_tokenizer
+        from rexomni.offline_tokenizer import build_base_tokenizer
 
         model_config = preset_config(args.shape_preset, build_base_tokenizer())
         origin = f"preset {args.shape_preset} (the config of {source} is not on this machine)"

@@ -342,8 +342,8 @@ def _zero_stage(config: SFTConfig) -> str:
 
 def _tokens_per_step(config: SFTConfig, settings, batch: int) -> str:
     """Mean encoded length of a few examples x global batch, or why it cannot be estimated."""
+    from rexomni.offline_tokenizer import build_test_tokenizer
     from rexomni.processing import make_processor
-    from rexomni.testing import build_test_tokenizer
 
     try:
         mixture = build_mixture(config)

@@ -7,8 +7,8 @@ import pytest
 
 @pytest.fixture(scope="session")
 def test_tokenizer():
-    """The offline Qwen2-style tokenizer with <0>..<999> and the negative tokens (rexomni.testing)."""
-    from rexomni.testing import build_test_tokenizer
+    """The offline Qwen2-style tokenizer with <0>..<999> and the negative tokens (rexomni.offline_tokenizer)."""
+    from rexomni.offline_tokenizer import build_test_tokenizer
 
     return build_test_tokenizer()
 

@@ -93,7 +93,7 @@ def test_draw_result_marks_boxes_points_polygons_and_skeletons():
 def test_model_init_takes_a_tokenizer_folder(tmp_path):
     from transformers import AutoTokenizer
 
-    from rexomni.testing import build_base_tokenizer
+    from rexomni.offline_tokenizer import build_base_tokenizer
 
     build_base_tokenizer().save_pretrained(str(tmp_path / "tok"))
     folder = str(tmp_path / "model")

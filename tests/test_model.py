@@ -154,7 +154,7 @@ def test_folder_whose_tokenizer_has_coordinates_loads_as_released_rexomni(tiny_c
 def test_plain_base_gets_coordinate_tokens_and_center_codec(tmp_path):
     from rexomni.api import RexOmni
     from rexomni.modeling import save_checkpoint
-    from rexomni.testing import build_base_tokenizer, build_test_tokenizer
+    from rexomni.offline_tokenizer import build_base_tokenizer, build_test_tokenizer
 
     # A "base" folder: a tokenizer without coordinate tokens and a model sized for it.
     tokenizer = build_test_tokenizer()

@@ -132,8 +132,8 @@ def save_plain_base(folder) -> int:
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from rexomni.modeling import PRESETS, SETTINGS_FILE, preset_config
+    from rexomni.offline_tokenizer import build_base_tokenizer
     from rexomni.processing import make_processor
-    from rexomni.testing import build_base_tokenizer
 
     tokenizer = build_base_tokenizer()
     assert "<0>" not in tokenizer.get_vocab()

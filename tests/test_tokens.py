@@ -5,7 +5,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from rexomni import decode_answer, format_answer, grow_embeddings, parse_output, prepare_tokenizer
-from rexomni.testing import build_test_tokenizer
+from rexomni.offline_tokenizer import build_test_tokenizer
 from rexomni.tokens import BOX_START, NEG_BOX_START, NEG_REF_START, NEGATIVE_TOKENS, OBJECT_REF_START, coord_token
 
 
@@ -111,7 +111,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from transformers.integrations import HfDeepSpeedConfig
 from rexomni import grow_embeddings, prepare_tokenizer
 from rexomni.sft.cpu_deepspeed import disable_shm_op
-from rexomni.testing import build_test_tokenizer
+from rexomni.offline_tokenizer import build_test_tokenizer
 
 disable_shm_op()
 deepspeed.init_distributed(dist_backend="gloo")

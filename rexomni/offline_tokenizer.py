@@ -1,7 +1,8 @@
-"""A small tokenizer for tests and from-scratch models, built offline.
+"""The offline tokenizer: a small byte-level BPE for from-scratch models and fast tests, built here.
 
-The real Qwen2.5-VL tokenizer cannot be downloaded here, so tests (and ``rexomni model init``
-without ``--tokenizer``) use a byte-level BPE trained in about a second on a built-in corpus. It
+The from-scratch presets (the shipped default model among them; ``rexomni model init`` without
+``--tokenizer``) and the fast unit tests use a byte-level BPE trained in about a second on a
+built-in corpus, so nothing is downloaded. It
 has the real Qwen special tokens, spelled as Qwen spells them, the coordinate tokens ``<0>``..``<999>``
 and the negative conditioning tokens, and the official Qwen2.5-VL chat template, so everything
 downstream (processor, prompts, parser, training collators) runs exactly as with the real one.
