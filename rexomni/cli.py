@@ -16,6 +16,7 @@ EXTERNAL_COMMANDS = {
     "data": ("rexomni.data_engines.cli", "generate synthetic scenes, convert and mix data sets"),
     "eval": ("rexomni.eval.cli", "score a model or a predictions file on benchmarks"),
     "sft": ("rexomni.sft.cli", "supervised fine-tuning"),
+    "demo": ("rexomni.sft.demo", "train a detector from random weights in ~10 CPU minutes: loss curve, drawings"),
 }
 
 # subcommand -> ("module" with main(argv) or "module:function", one-line help) for the core's commands

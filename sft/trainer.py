@@ -281,7 +281,8 @@ def run_sft(config: SFTConfig) -> dict[str, Any]:
     save_final(trainer, config)
     if train_set.skipped_images:
         logger.warning("skipped unreadable images: %s", dict(train_set.skipped_images))
-    return {"train": result.metrics, "heldout": callback.history, "output_dir": config.output_dir,
+    return {"train": result.metrics, "heldout": callback.history, "log_history": trainer.state.log_history,
+            "output_dir": config.output_dir,
             "global_step": trainer.state.global_step,
             "samples_per_s": trainer.state.global_step * global_batch(config) / result.metrics["train_runtime"]}
 
