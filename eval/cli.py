@@ -26,6 +26,7 @@ def build_parser():
     model.add_argument("--backend", default="transformers", choices=["transformers", "vllm"],
                        help="inference backend (vllm: GPU only)")
     model.add_argument("--batch-size", type=int, default=None, help="override the spec's batch size")
+    model.add_argument("--limit", type=int, default=None, help="score only the first N samples of each data set")
     files = parser.add_argument_group("score a predictions file")
     files.add_argument("--predictions", help="COCO results JSON or the project's prediction JSONL")
     files.add_argument("--annotations", help="ground truth in any format the data readers know")
@@ -86,6 +87,9 @@ def _benchmark(args) -> int:
         return 2
     if args.batch_size:
         spec.batch_size = args.batch_size
+    if args.limit:
+        for dataset in spec.datasets:
+            dataset.limit = min(dataset.limit or args.limit, args.limit)
     from rexomni.api import RexOmni
 
     model = RexOmni.from_pretrained(args.model, device=args.device, backend=args.backend)

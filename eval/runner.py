@@ -278,7 +278,8 @@ def run_benchmark(model: Any, spec: BenchmarkSpec | str | os.PathLike, out_dir: 
     results, curves = {}, {}
     for dataset in spec.datasets:
         if dataset.synth:
-            samples, unreadable = synth_samples(dataset.synth), 0
+            options = dict(dataset.synth, n=min(dataset.synth["n"], dataset.limit or dataset.synth["n"]))
+            samples, unreadable = synth_samples(options), 0
         else:
             samples, unreadable = load_annotations(dataset.annotations, dataset.format, dataset.image_root,
                                                    check_images=True)

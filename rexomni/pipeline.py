@@ -97,7 +97,7 @@ def register_pipeline() -> None:
     if TASK_NAME not in PIPELINE_REGISTRY.supported_tasks:
         PIPELINE_REGISTRY.register_pipeline(TASK_NAME, pipeline_class=RexOmniPipeline,
                                             pt_model=Qwen2_5_VLForConditionalGeneration, type="multimodal",
-                                            default={"model": {"pt": (DEFAULT_MODEL_DIR, None)}})
+                                            default={"model": (DEFAULT_MODEL_DIR, None)})
 
 
 register_pipeline()
