@@ -9,13 +9,12 @@
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
 
+from rexomni.sft.cli import run_command
 from rexomni.sft.config import ConfigParser
 
-from .config import grpo_parser, parse_grpo_args
+from .config import grpo_parser
 
 
 def build_parser() -> ConfigParser:
@@ -28,28 +27,14 @@ def build_parser() -> ConfigParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    if not argv or "-h" in argv or "--help" in argv:
-        print(parser.format_help())
-        return 0
-    # Before the config: building it sets up the devices (TrainingArguments), which logs.
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config, rest = parse_grpo_args(parser, argv)
-    except (OSError, ValueError, TypeError) as e:
-        print(f"rexomni grpo: {e}", file=sys.stderr)
-        return 2
+def _recipe():
     from .trainer import plan, run_grpo
 
-    if rest.dry_run:
-        print(plan(config))
-        return 0
-    result = run_grpo(config)
-    print(json.dumps({"output_dir": result["output_dir"], "global_step": result["global_step"],
-                      "train": result["train"], "heldout": result["heldout"][-1:]}, default=float))
-    return 0
+    return plan, run_grpo
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command("grpo", build_parser(), _recipe, argv)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Any
 
 import trl
 import yaml
-from rexomni.sft.config import ConfigParser, ModelArguments, resolve_bf16
+from rexomni.sft.config import ConfigParser, ModelArguments, read_config, resolve_bf16
 from rexomni.sft.cpu_deepspeed import prepare_cpu_processes
 from transformers.trainer_utils import SchedulerType
 
@@ -148,15 +148,6 @@ def grpo_parser() -> ConfigParser:
                                     "a flag that overrides it (docs/grpo.md).")
 
 
-def parse_grpo_args(parser: ConfigParser, argv: list[str], values: dict | None = None) -> tuple[GRPOConfig, Any]:
-    """(the GRPOConfig, with its ``model_args``; the other arguments) as ``parser`` reads them."""
-    (model_args, config), rest = parser.parse_config(argv, values)
-    config.model_args = model_args
-    return config, rest
-
-
 def load_config(path: str | None, overrides: list[str] | dict[str, Any] | None = None) -> GRPOConfig:
-    """Read ``path`` (YAML), then ``overrides``: flags (a list, as on the command line) or values (a dict)."""
-    argv = (["--config", path] if path else []) + (overrides if isinstance(overrides, list) else [])
-    return parse_grpo_args(grpo_parser(), argv, overrides if isinstance(overrides, dict) else None)[0]
-
+    """A :class:`GRPOConfig` from a YAML file and overrides (see :func:`rexomni.sft.config.read_config`)."""
+    return read_config(grpo_parser(), path, overrides)

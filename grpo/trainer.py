@@ -43,13 +43,19 @@ import contextlib
 import functools
 import logging
 import math
-import os
 from typing import Any
 
 import torch
 from rexomni.sft.heldout import heldout_sets
-from rexomni.sft.model_setup import ModelBundle, count_by_part, load_model, parameter_groups, prepare_model
-from rexomni.sft.trainer import HeldOutCallback, build_mixture, resume_point, save_final, world_size
+from rexomni.sft.model_setup import ModelBundle, count_by_part, load_model, prepare_model
+from rexomni.sft.trainer import (
+    HeldOutCallback,
+    RexOmniTrainerMixin,
+    build_mixture,
+    resume_point,
+    save_final,
+    world_size,
+)
 from transformers import LogitsProcessorList
 from trl import GRPOTrainer
 
@@ -122,7 +128,7 @@ def recorded_logprobs(recorder: TokenLogProbRecorder, completion_ids: list[list[
 # --------------------------------------------------------------------------- trainer
 
 
-class RexOmniGRPOTrainer(GRPOTrainer):
+class RexOmniGRPOTrainer(RexOmniTrainerMixin, GRPOTrainer):
     """``GRPOTrainer`` with grammar-constrained transformers rollouts, the rollouts' log-probabilities passed to
     the rewards (``completion_logprobs``), rollout metrics, per-part learning rates, and checkpoints that
     ``RexOmni.from_pretrained`` loads. ``args`` is a :class:`GRPOConfig` with its ``model_args``."""
@@ -166,31 +172,6 @@ class RexOmniGRPOTrainer(GRPOTrainer):
             self._log_metric(name, value)
         return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
 
-    def create_optimizer(self, model=None):
-        """AdamW (torch) over one group per part (vision, merger, language model), each with its learning rate."""
-        if self.optimizer is None:
-            groups = parameter_groups(self.model, self.args.model_args, self.args.learning_rate, self.args.weight_decay)
-            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
-            optimizer_kwargs.pop("lr", None)
-            self.optimizer = optimizer_cls(groups, lr=self.args.learning_rate, **optimizer_kwargs)
-        return self.optimizer
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None):
-        """Full-model weights through ``from_pretrained``, as SFT resumes (transformers 5.23 saves Qwen2.5-VL in
-        the original key layout, which the Trainer's plain ``load_state_dict`` silently fails to match)."""
-        model = model if model is not None else self.model
-        full = any(os.path.isfile(os.path.join(resume_from_checkpoint, name))
-                   for name in ("model.safetensors", "model.safetensors.index.json"))
-        if self.is_deepspeed_enabled or hasattr(model, "peft_config") or not full:
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        reloaded = type(model).from_pretrained(resume_from_checkpoint, dtype=model.dtype)
-        model.load_state_dict(reloaded.state_dict(), strict=True)
-        logger.info("resumed model weights from %s", resume_from_checkpoint)
-
-    def _save(self, output_dir: str | None = None, state_dict=None):
-        super()._save(output_dir, state_dict)
-        if self.args.should_save:
-            self.bundle.settings.save(output_dir or self.args.output_dir)
 
 
 # --------------------------------------------------------------------------- the recipe

@@ -13,7 +13,7 @@ import json
 import logging
 import sys
 
-from .config import ConfigParser, parse_sft_args, sft_parser
+from .config import ConfigParser, parse_args, sft_parser
 
 
 def build_parser() -> ConfigParser:
@@ -24,28 +24,39 @@ def build_parser() -> ConfigParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_command(name: str, parser: ConfigParser, load_recipe, argv: list[str] | None = None) -> int:
+    """What ``rexomni sft`` and ``rexomni grpo`` share: ``--help`` lists every field; a bad config is one
+    line on stderr (exit 2); ``--dry-run`` prints the plan; else train and print the final metrics.
+    ``load_recipe()`` returns the recipe's ``(plan, run)`` (imported late: ``--help`` stays fast)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
     if not argv or "-h" in argv or "--help" in argv:
         print(parser.format_help())
         return 0
     # Before the config: building it sets up the devices (TrainingArguments), which logs.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config, rest = parse_sft_args(parser, argv)
+        config, rest = parse_args(parser, argv)
     except (OSError, ValueError, TypeError) as e:
-        print(f"rexomni sft: {e}", file=sys.stderr)
+        print(f"rexomni {name}: {e}", file=sys.stderr)
         return 2
-    from .trainer import plan, run_sft
-
+    plan, run = load_recipe()
     if rest.dry_run:
         print(plan(config))
         return 0
-    result = run_sft(config)
+    result = run(config)
     print(json.dumps({"output_dir": result["output_dir"], "global_step": result["global_step"],
                       "train": result["train"], "heldout": result["heldout"][-1:]}, default=float))
     return 0
+
+
+def _recipe():
+    from .trainer import plan, run_sft
+
+    return plan, run_sft
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command("sft", build_parser(), _recipe, argv)
 
 
 if __name__ == "__main__":

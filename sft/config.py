@@ -296,15 +296,21 @@ def sft_parser() -> ConfigParser:
                                     "flag that overrides it (docs/training.md).")
 
 
-def parse_sft_args(parser: ConfigParser, argv: list[str], values: dict | None = None) -> tuple[SFTConfig, Any]:
-    """(the SFTConfig, with its ``model_args``; the other arguments) as ``parser`` reads them."""
+def parse_args(parser: ConfigParser, argv: list[str], values: dict | None = None) -> tuple[Any, Any]:
+    """(the run config, with its ``model_args``; the other arguments) as ``parser`` reads them. SFT's and
+    GRPO's parsers both read ``[ModelArguments, <their config>]``."""
     (model_args, config), rest = parser.parse_config(argv, values)
     config.model_args = model_args
     return config, rest
 
 
-def load_config(path: str | None, overrides: list[str] | dict[str, Any] | None = None) -> SFTConfig:
+def read_config(parser: ConfigParser, path: str | None, overrides: list[str] | dict[str, Any] | None = None):
     """Read ``path`` (YAML), then ``overrides``: flags (a list, as on the command line) or values
     (a dict, as in YAML)."""
     argv = (["--config", path] if path else []) + (overrides if isinstance(overrides, list) else [])
-    return parse_sft_args(sft_parser(), argv, overrides if isinstance(overrides, dict) else None)[0]
+    return parse_args(parser, argv, overrides if isinstance(overrides, dict) else None)[0]
+
+
+def load_config(path: str | None, overrides: list[str] | dict[str, Any] | None = None) -> SFTConfig:
+    """An :class:`SFTConfig` from a YAML file and overrides (see :func:`read_config`)."""
+    return read_config(sft_parser(), path, overrides)

@@ -42,7 +42,45 @@ logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- trainer
 
 
-class RexOmniSFTTrainer(Trainer):
+class RexOmniTrainerMixin:
+    """What every trainer of this project adds to its transformers/TRL base (``bundle`` is the
+    :class:`ModelBundle`): AdamW (torch) over one parameter group per model part (DeepSpeed then wraps
+    it instead of compiling its own), resume of full-model weights through ``from_pretrained``, and the
+    rexomni settings saved next to every checkpoint so ``RexOmni.from_pretrained`` loads it."""
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            groups = parameter_groups(self.model, self.args.model_args, self.args.learning_rate, self.args.weight_decay)
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+            optimizer_kwargs.pop("lr", None)
+            self.optimizer = optimizer_cls(groups, lr=self.args.learning_rate, **optimizer_kwargs)
+        return self.optimizer
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None):
+        """Load full-model checkpoint weights through ``from_pretrained``.
+
+        transformers 5.23 saves Qwen2.5-VL in the original key layout (``model.layers.*``,
+        ``visual.*``) but the Trainer's resume loads the file with a plain ``load_state_dict``, which
+        matches only ``lm_head`` and silently leaves every other weight as it was. ``from_pretrained``
+        undoes the renaming. Adapters (PEFT) and DeepSpeed checkpoints keep the Trainer's own path.
+        """
+        model = model if model is not None else self.model
+        has_full_weights = any(os.path.isfile(os.path.join(resume_from_checkpoint, name))
+                               for name in ("model.safetensors", "model.safetensors.index.json"))
+        if self.is_deepspeed_enabled or _is_peft(model) or not has_full_weights:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        reloaded = type(model).from_pretrained(resume_from_checkpoint, dtype=model.dtype)
+        model.load_state_dict(reloaded.state_dict(), strict=True)
+        logger.info("resumed model weights from %s", resume_from_checkpoint)
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        super()._save(output_dir, state_dict)
+        output_dir = output_dir or self.args.output_dir
+        if self.args.should_save:
+            self.bundle.settings.save(output_dir)
+
+
+class RexOmniSFTTrainer(RexOmniTrainerMixin, Trainer):
     """``Trainer`` with the project's loss, per-part learning rates, tokens/s logging, an extra-loss
     hook and checkpoints that ``RexOmni.from_pretrained`` loads (rexomni settings saved alongside).
     ``args`` is an :class:`SFTConfig` with its ``model_args``."""
@@ -83,15 +121,6 @@ class RexOmniSFTTrainer(Trainer):
         resumed run see exactly the batches an uninterrupted one would."""
         return torch.utils.data.SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
 
-    def create_optimizer(self, model=None):
-        """AdamW (torch) over one group per part: DeepSpeed then wraps it instead of compiling its own."""
-        if self.optimizer is None:
-            groups = parameter_groups(self.model, self.args.model_args, self.args.learning_rate, self.args.weight_decay)
-            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
-            optimizer_kwargs.pop("lr", None)
-            self.optimizer = optimizer_cls(groups, lr=self.args.learning_rate, **optimizer_kwargs)
-        return self.optimizer
-
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
             now = time.perf_counter()
@@ -101,28 +130,6 @@ class RexOmniSFTTrainer(Trainer):
             logs.update({k: float(v) for k, v in self._extra_logs.items()})
         super().log(logs, start_time)
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None):
-        """Load full-model checkpoint weights through ``from_pretrained``.
-
-        transformers 5.23 saves Qwen2.5-VL in the original key layout (``model.layers.*``,
-        ``visual.*``) but the Trainer's resume loads the file with a plain ``load_state_dict``, which
-        matches only ``lm_head`` and silently leaves every other weight as it was. ``from_pretrained``
-        undoes the renaming. Adapters (PEFT) and DeepSpeed checkpoints keep the Trainer's own path.
-        """
-        model = model if model is not None else self.model
-        has_full_weights = any(os.path.isfile(os.path.join(resume_from_checkpoint, name))
-                               for name in ("model.safetensors", "model.safetensors.index.json"))
-        if self.is_deepspeed_enabled or _is_peft(model) or not has_full_weights:
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        reloaded = type(model).from_pretrained(resume_from_checkpoint, dtype=model.dtype)
-        model.load_state_dict(reloaded.state_dict(), strict=True)
-        logger.info("resumed model weights from %s", resume_from_checkpoint)
-
-    def _save(self, output_dir: str | None = None, state_dict=None):
-        super()._save(output_dir, state_dict)
-        output_dir = output_dir or self.args.output_dir
-        if self.args.should_save:
-            self.bundle.settings.save(output_dir)
 
 
 def _is_peft(model) -> bool:

@@ -142,29 +142,30 @@ def test_tokenizer_json_layouts_load_with_the_same_ids(released_folder, tmp_path
         assert tokenizer.encode(ANSWER, add_special_tokens=False) == reference.encode(ANSWER, add_special_tokens=False)
 
 
-def test_a_declared_id_that_cannot_be_kept_stops_loading(released_folder, tmp_path):
-    folder = str(tmp_path / "gap")
-    shutil.copytree(released_folder, folder)
-    path = os.path.join(folder, "tokenizer_config.json")
+def _edited_copy(folder: str, to: str, name: str, edit) -> str:
+    """A copy of a checkpoint folder whose JSON file ``name`` went through ``edit`` (in place)."""
+    shutil.copytree(folder, to)
+    path = os.path.join(to, name)
     with open(path) as f:
-        config = json.load(f)
-    # A token declared past the end with a gap before it cannot sit at its id.
-    config["added_tokens_decoder"]["160000"] = dict(config["added_tokens_decoder"]["151643"], content="<|far|>")
+        data = json.load(f)
+    edit(data)
     with open(path, "w") as f:
-        json.dump(config, f)
+        json.dump(data, f)
+    return to
+
+
+def test_a_declared_id_that_cannot_be_kept_stops_loading(released_folder, tmp_path):
+    def far_token(config):  # declared past the end with a gap before it: it cannot sit at its id
+        config["added_tokens_decoder"]["160000"] = dict(config["added_tokens_decoder"]["151643"], content="<|far|>")
+
+    folder = _edited_copy(released_folder, str(tmp_path / "gap"), "tokenizer_config.json", far_token)
     with pytest.raises(ValueError, match=r"tokenizer_config\.json: added token '<\|far\|>' is declared at id 160000"):
         load_tokenizer(folder)
 
 
 def test_tokenizer_of_another_model_is_refused(base_folder, tmp_path):
-    folder = str(tmp_path / "mismatch")
-    shutil.copytree(base_folder, folder)
-    path = os.path.join(folder, "config.json")
-    with open(path) as f:
-        config = json.load(f)
-    config["image_token_id"] = 151654
-    with open(path, "w") as f:
-        json.dump(config, f)
+    folder = _edited_copy(base_folder, str(tmp_path / "mismatch"), "config.json",
+                          lambda config: config.update(image_token_id=151654))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(ValueError, match="image_token_id = 151654, but the tokenizer puts <\\|image_pad\\|> at"):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# GRPO on several machines with torchrun. Run the same command on every training node, each with its own
-# NODE_RANK (0 .. NNODES-1); MASTER_ADDR is node 0's address. For rollouts on a vLLM server of its own node,
-# start grpo/launch/vllm_server.sh there and pass --vllm_mode server --vllm_server_host THAT_NODE.
+# GRPO on several machines with torchrun: SFT's launcher (sft/launch/multi_node.sh) running the GRPO entry.
+# Run the same command on every training node, each with its own NODE_RANK (0 .. NNODES-1); MASTER_ADDR is
+# node 0's address. For rollouts on a vLLM server of its own node, start grpo/launch/vllm_server.sh there and
+# pass --vllm_mode server --vllm_server_host THAT_NODE.
 #
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 bash grpo/launch/multi_node.sh grpo/configs/qwen2.5-vl-3b.yaml
 #   NNODES=2 NODE_RANK=1 MASTER_ADDR=10.0.0.1 bash grpo/launch/multi_node.sh grpo/configs/qwen2.5-vl-3b.yaml
@@ -9,12 +10,4 @@
 # Environment: NNODES, NODE_RANK, MASTER_ADDR (required); MASTER_PORT (29500); NPROC (processes per node,
 # default: visible GPUs, else 1); PYTHON (python).
 set -euo pipefail
-CONFIG=${1:?usage: multi_node.sh CONFIG.yaml [--FIELD VALUE ...]}
-shift
-: "${NNODES:?set NNODES}" "${NODE_RANK:?set NODE_RANK}" "${MASTER_ADDR:?set MASTER_ADDR}"
-MASTER_PORT=${MASTER_PORT:-29500}
-PYTHON=${PYTHON:-python}
-NPROC=${NPROC:-$("$PYTHON" -c "import torch; print(max(torch.cuda.device_count(), 1))")}
-exec "$PYTHON" -m torch.distributed.run --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$NPROC" \
-    --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
-    -m rexomni.grpo.cli --config "$CONFIG" "$@"
+ENTRY=rexomni.grpo.cli exec bash "$(dirname "$0")/../../sft/launch/multi_node.sh" "$@"

@@ -7,6 +7,7 @@
 #
 # Environment: NNODES, NODE_RANK, MASTER_ADDR (required); MASTER_PORT (29500); NPROC (processes
 # per node, default: visible GPUs, else 1); PYTHON (python).
+# ENTRY: the module to run (default rexomni.sft.cli; grpo/launch sets rexomni.grpo.cli).
 set -euo pipefail
 CONFIG=${1:?usage: multi_node.sh CONFIG.yaml [--FIELD VALUE ...]}
 shift
@@ -16,4 +17,4 @@ PYTHON=${PYTHON:-python}
 NPROC=${NPROC:-$("$PYTHON" -c "import torch; print(max(torch.cuda.device_count(), 1))")}
 exec "$PYTHON" -m torch.distributed.run --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$NPROC" \
     --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
-    -m rexomni.sft.cli --config "$CONFIG" "$@"
+    -m "${ENTRY:-rexomni.sft.cli}" --config "$CONFIG" "$@"
