@@ -3,7 +3,7 @@
 A list of images is answered as one left-padded batch (split into ``batch_size`` chunks); one
 image gives one :class:`Result`, a list gives a list. Coordinates come back in pixels of the
 original image. Every box and point has a confidence score from the probabilities of the tokens
-that wrote it (see :func:`item_score` and docs/api.md). Decoding is constrained to the answer
+that wrote it (see :func:`rexomni.result.item_score` and docs/api.md). Decoding is constrained to the answer
 grammar by default (:mod:`rexomni.constrained`).
 """
 

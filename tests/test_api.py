@@ -169,3 +169,13 @@ def test_very_thin_images_are_answered_in_their_own_coordinates(tiny_rexomni, si
     scored = tiny_rexomni.score(image, answer, categories=["red circle"])
     assert scored.boxes[0] == pytest.approx([0.0005 * size[0], 0.5005 * size[1], 0.9995 * size[0], 0.9995 * size[1]],
                                             rel=1e-3)
+
+
+def test_a_cuda_device_without_cuda_is_a_clear_error(tiny_checkpoint):
+    from rexomni.api import RexOmni
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        RexOmni.from_pretrained(tiny_checkpoint, device="cuda")
+    assert RexOmni.from_pretrained(tiny_checkpoint).device == "cpu", "auto picks the CPU here"
