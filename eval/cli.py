@@ -92,7 +92,11 @@ def _benchmark(args) -> int:
             dataset.limit = min(dataset.limit or args.limit, args.limit)
     from rexomni.api import RexOmni
 
-    model = RexOmni.from_pretrained(args.model, device=args.device, backend=args.backend)
+    try:
+        model = RexOmni.from_pretrained(args.model, device=args.device, backend=args.backend)
+    except (OSError, ValueError) as e:  # a missing folder, an unreachable hub id, a bad device: one line
+        print(f"rexomni eval: {e}", file=sys.stderr)
+        return 2
     out = args.out or "eval_out"
     results = run_benchmark(model, spec, out, protocol=args.protocol, progress=not args.quiet)
     print(markdown_table(results))

@@ -126,6 +126,27 @@ def check_source(path: str) -> None:
                    or os.path.isdir(parts[0]))
     if looks_local:
         raise FileNotFoundError(f"{path}: no such checkpoint folder")
+    _check_hub(path)
+
+
+def _check_hub(repo_id: str) -> None:
+    """A hub id neither cached nor reachable fails now, in one line: the hub client would retry for
+    about a minute before saying it cannot connect."""
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE or isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return
+    try:
+        urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=5)
+    except urllib.error.HTTPError:
+        return  # the hub answered
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise OSError(f"{repo_id}: not a local folder, and the hub ({constants.ENDPOINT}) cannot be reached "
+                      f"({reason}). Give the path of a local checkpoint folder.") from None
 
 
 def find_file(path: str, name: str) -> str | None:

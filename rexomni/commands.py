@@ -59,7 +59,11 @@ def detect_main(argv: list[str] | None = None) -> int:
     images = expand_images(args.images)
     if not images:
         parser.error("no images found")
-    model = RexOmni.from_pretrained(args.model, device=args.device, backend=args.backend)
+    try:
+        model = RexOmni.from_pretrained(args.model, device=args.device, backend=args.backend)
+    except (OSError, ValueError) as e:  # a missing folder, an unreachable hub id, a bad device: one line
+        print(f"rexomni detect: {e}", file=sys.stderr)
+        return 2
     if args.draw:
         os.makedirs(args.draw, exist_ok=True)
     out = sys.stdout if args.out == "-" else open(args.out, "w")

@@ -146,3 +146,15 @@ def test_data_convert_of_a_missing_file_is_one_line(tmp_path, capsys):
     assert main(["data", "convert", str(tmp_path / "nope.json"), "--out", str(tmp_path / "x.jsonl")]) == 2
     err = capsys.readouterr().err
     assert "nope.json" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_missing_model_folder_or_unreachable_hub_id_is_one_line(tmp_path, capsys, monkeypatch):
+    image = _write_images(str(tmp_path), n=1)[0]
+    os.makedirs(tmp_path / "runs")
+    monkeypatch.chdir(tmp_path)
+    assert main(["detect", image, "--categories", "cup", "--model", "runs/typo"]) == 2
+    assert "runs/typo: no such checkpoint folder" in capsys.readouterr().err
+    # Tests run without network: a hub id fails at once (no minute of retries) with one line.
+    assert main(["detect", image, "--categories", "cup", "--model", "someorg/no-such-model"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Give the path of a local checkpoint folder" in err and len(err.splitlines()) == 1
