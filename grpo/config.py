@@ -119,19 +119,44 @@ class GRPOConfig(trl.GRPOConfig):
         # trl.GRPOTrainer reads reward_weights as a list in the order of its reward functions: keep the names apart.
         self.reward_names, self.reward_weights = list(weights), [float(w) for w in weights.values()]
         self.reward_options = _mapping(self.reward_options) or {}
-        if self.use_vllm and self.constrained and self.vllm_structured_outputs_regex is None:
-            from rexomni.grammar import answer_regex
-
-            # One regex for every prompt (TRL's vLLM rollouts take no per-prompt one): boxes under any phrase text.
-            self.vllm_structured_outputs_regex = answer_regex(None, "box", self.max_boxes)
+        if self.use_vllm:
+            self._check_vllm_rollouts()
         self.bf16 = resolve_bf16(self.bf16)
         prepare_cpu_processes(self)  # before TrainingArguments sets up the devices
         super().__post_init__()
+
+    def _check_vllm_rollouts(self) -> None:
+        """vLLM rollouts take one grammar regex for every prompt (boxes under any phrase text) and hand the
+        rewards no log-probabilities: refuse the configurations in which that would silently do the wrong thing."""
+        if self.rewards.get("confidence"):
+            raise ValueError("config: the confidence reward needs the rollouts' log-probabilities, which vLLM "
+                             "rollouts do not pass; set its weight to 0 or use_vllm: false")
+        if not self.constrained or self.vllm_structured_outputs_regex is not None:
+            return
+        others = sorted(_answer_items(self.data) - {"box"})
+        if others:
+            raise ValueError(f"config: the mixture also trains tasks answered with {others}, but vLLM rollouts take "
+                             "one grammar regex for every prompt (boxes); set constrained: false, or train box "
+                             "tasks only")
+        from rexomni.grammar import answer_regex
+
+        self.vllm_structured_outputs_regex = answer_regex(None, "box", self.max_boxes)
 
     @property
     def rewards(self) -> dict[str, float]:
         """reward name -> weight, as the config gave them (what build_rewards takes)."""
         return dict(zip(self.reward_names, self.reward_weights))
+
+
+def _answer_items(data) -> set[str]:
+    """The item kinds (box, point, ...) that the tasks of a mixture spec (mapping or YAML path) answer with."""
+    from rexomni.tasks import get_task
+
+    if isinstance(data, str):
+        with open(data, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    return {get_task(task).item for source in data.get("sources", []) for task, weight in
+            (source.get("tasks") or {}).items() if weight}
 
 
 def _mapping(value):

@@ -16,14 +16,14 @@ from rexomni.eval.visual_prompt import DUPLICATE_IOU, duplicates
 from rexomni.grammar import parse_output
 from rexomni.tokens import decode_answer
 
-COVERING = 0.95  # a box over this share of the image covers it (grpo.rewards.full_image_penalty's default)
+from .rewards import MAX_COVER
 
 
 def rollout_metrics(completion_ids: Sequence[Sequence[int]], rows: Sequence[dict], tokenizer) -> dict[str, float]:
     """``rollouts/<name>`` -> value over a batch of completions and their data set rows.
 
     - ``duplicate_rate``: share of boxes repeating an earlier box of their phrase (IoU > DUPLICATE_IOU);
-    - ``image_covering_share``: share of boxes over ``COVERING`` of the image;
+    - ``image_covering_share``: share of boxes over ``MAX_COVER`` of the image;
     - ``tokens_per_box``: completion tokens per item written (boxes, points, polygons, instances);
     - ``items_per_answer``: items per completion.
     """
@@ -41,7 +41,7 @@ def rollout_metrics(completion_ids: Sequence[Sequence[int]], rows: Sequence[dict
             array = np.asarray(phrase_boxes, dtype=np.float64)
             boxes += len(array)
             repeated += int(duplicates(array, DUPLICATE_IOU)[1])
-            covering += int((box_area(array) > COVERING * row["width"] * row["height"]).sum())
+            covering += int((box_area(array) > MAX_COVER * row["width"] * row["height"]).sum())
     out = {"rollouts/items_per_answer": items / max(len(rows), 1)}
     if items:
         out["rollouts/tokens_per_box"] = tokens / items

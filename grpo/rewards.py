@@ -55,6 +55,7 @@ from rexomni.result import Result, build_result
 from rexomni.tasks import Task, get_task
 from rexomni.tokens import coord_id_to_bin, decode_answer, end_of_answer_ids
 
+MAX_COVER = 0.95  # a box over this share of the image covers it (the released analysis's threshold)
 # Parser problems (rexomni.grammar) that mean the answer was cut short, and the one that only says the
 # special tokens were skipped in decoding.
 _CUT_SHORT = ("truncated", "keypoint JSON incomplete")
@@ -279,7 +280,7 @@ def _duplicate_value(s: _Sample, duplicate_iou: float) -> float:
     return -repeated / len(boxes)
 
 
-def full_image_penalty(prompts, completions, completion_ids=None, *, max_cover: float = 0.95, tokenizer=None,
+def full_image_penalty(prompts, completions, completion_ids=None, *, max_cover: float = MAX_COVER, tokenizer=None,
                        **columns) -> list[float | None]:
     """Minus the share of boxes covering more than ``max_cover`` of the image, when no ground-truth object does;
     in [-1, 0]. A box over everything overlaps every object a little: a degenerate way to chase IoU shaping and

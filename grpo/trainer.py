@@ -34,7 +34,8 @@ log-probability of every sampled token at temperature 1: the ``confidence`` rewa
 
 **vLLM rollouts (GPU).** ``use_vllm`` with ``vllm_mode`` colocate or server; the grammar goes in as
 ``vllm_structured_outputs_regex`` (:func:`rexomni.grammar.answer_regex` for boxes under any phrase, one regex
-for every prompt, as TRL takes only one); no log-probabilities reach the rewards, so ``confidence`` gives 0.
+for every prompt, as TRL takes only one, so the config refuses it for mixtures with other answers); no
+log-probabilities reach the rewards, so the config refuses a ``confidence`` weight with vLLM.
 """
 
 from __future__ import annotations

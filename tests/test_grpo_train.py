@@ -157,3 +157,19 @@ def test_dry_run_every_shipped_config(path, capsys):
     out = capsys.readouterr().out
     for key in ("rollouts", "rewards", "KL beta", "parameters", "llm"):
         assert key in out
+
+
+def test_vllm_rollouts_refuse_what_they_would_silently_get_wrong():
+    from rexomni.grpo.config import load_config
+
+    box_only = {"seed": 0, "sources": [{"name": "s", "synth": {"mode": "single", "size": 112},
+                                        "tasks": {"referring": 1}}]}
+    points_too = {**box_only, "sources": [dict(box_only["sources"][0], tasks={"referring": 1, "pointing": 1})]}
+    base = {"model_name_or_path": "runs/none", "use_vllm": True, "report_to": "none", "output_dir": "/tmp/x"}
+    config = load_config(None, {**base, "data": box_only})
+    assert config.vllm_structured_outputs_regex, "box tasks get the grammar regex"
+    with pytest.raises(ValueError, match=r"answered with \['point'\]"):
+        load_config(None, {**base, "data": points_too})
+    assert load_config(None, {**base, "data": points_too, "constrained": False}).vllm_structured_outputs_regex is None
+    with pytest.raises(ValueError, match="confidence reward needs"):
+        load_config(None, {**base, "data": box_only, "reward_weights": {"box": 1.0, "confidence": 0.5}})
