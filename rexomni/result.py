@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .grammar import ParsedOutput
-from .tasks import TASKS
+from .tasks import get_task
 
 
 @dataclass
@@ -125,7 +125,7 @@ def build_result(task: str, parsed: ParsedOutput, width: int, height: int, coord
     ``coord_logprobs`` are the (bin, log p) of the coordinate tokens in the order they were written;
     they are paired with the items' bins in text order.
     """
-    kind = TASKS[task].item
+    kind = get_task(task).item
     result = Result(task=task, width=width, height=height, raw_text=raw_text, problems=list(parsed.problems))
     cursor = 0
     labels, scores, boxes, points, polygons, keypoints = [], [], [], [], [], []
