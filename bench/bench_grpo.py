@@ -5,8 +5,9 @@
     python bench/bench_grpo.py --steps 60 --heldout 64 --threads 1 --variants tiny shaped
     python bench/bench_grpo.py --minutes 5 --objects 1 2 --threads 1          # a time budget; 1-2 shapes a scene
 
-1. Loads the SFT checkpoint (--sft, default runs/synth-default/stage1: the tiny preset trained 8,000 steps to
-   find one medium or large shape in a 224-px scene) with ``RexOmni.from_pretrained``.
+1. Loads the SFT checkpoint (--sft, default the shipped model rexomni/default_model: stage 1 of the recipe,
+   the tiny preset trained 8,000 steps to find one medium or large shape in a 224-px scene) with
+   ``RexOmni.from_pretrained``.
 2. BEFORE: scores it on held-out scenes through the eval path (``evaluate_samples`` with a ``synth:`` DatasetSpec,
    --heldout scenes, seed --heldout-seed, which training never draws): the referring task the checkpoint was
    trained on (each present phrase asked), greedy and grammar-constrained as ``rexomni eval`` decodes, metrics
@@ -31,6 +32,8 @@ import time
 
 import numpy as np
 
+from rexomni.checkpoint import DEFAULT_MODEL_DIR
+
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 CONFIG = os.path.join(ROOT, "grpo", "configs", "tiny.yaml")
 MAX_NEW_TOKENS = 40  # tiny.yaml's max_completion_length: a referring answer of three boxes is about 30 tokens
@@ -53,7 +56,7 @@ ROWS = [("F1@0.5", "f1@0.5"), ("F1@mean", "f1@mean"), ("mean IoU", "mean_iou"), 
 
 
 def scene_options(objects: list[int]) -> dict:
-    """The scene family of runs/synth-default/stage1 (sft/configs/synth-stage1.yaml), ``objects`` shapes each."""
+    """The scene family of the default checkpoint's stage 1 (sft/configs/synth-stage1.yaml), ``objects`` shapes each."""
     return {"mode": "single", "size": 224, "sizes": ["medium", "large"], "num_objects": list(objects), "masks": False}
 
 
@@ -206,7 +209,8 @@ def print_throughput(speed: dict, rollouts: int) -> None:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sft", default="runs/synth-default/stage1", help="the SFT checkpoint GRPO starts from")
+    parser.add_argument("--sft", default=DEFAULT_MODEL_DIR, help="the SFT checkpoint GRPO starts from (default: the "
+                        "shipped model, stage 1 of the recipe)")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, default=None, help="GRPO steps per variant (60 when no budget is given)")
     budget.add_argument("--minutes", type=float, default=None, help="GRPO training minutes per variant, not steps")
