@@ -4,7 +4,8 @@ hard negative: the model must not find the original object there.
 
 - Synthetic scenes (``negative_scene``): the box is cleared back to the scene's own background and
   the shape is drawn again with one attribute changed (kind, colour, texture, or a smaller size), so
-  the new labels are exact.
+  the new labels are exact. ``packed_negative`` makes a training sample of it in either of the paper's
+  two packings: the negative image as a sample of its own, or side by side with its original.
 - Real images (``negative_images``): an inpainting pipeline of diffusers (a local folder; the
   ``diffusers`` package is an optional extra) paints the negative description into the box, with
   the two filters of "Generating Enhanced Negatives for Training Language-Based Object Detectors":
@@ -73,7 +74,8 @@ def negative_scene(seed: int, size: int | Sequence[int] = 224, mode: str = "shap
 
     x0, y0, x1, y1 = (int(v) for v in target["bbox"])
     out = image.copy()
-    out.paste(background_of(seed, size, mode).crop((x0, y0, x1, y1)), (x0, y0))
+    background = background_of(seed, size, mode, scene_options.get("backgrounds"))
+    out.paste(background.crop((x0, y0, x1, y1)), (x0, y0))
     box_side = max(x1 - x0, y1 - y0)
     side = box_side
     if SIZES[new["size"]][0] < SIZES[old["size"]][0]:
@@ -99,6 +101,63 @@ def negative_scene(seed: int, size: int | Sequence[int] = 224, mode: str = "shap
     edit = {"index": index, "box": [x0, y0, x1, y1], "original": target["phrase"], "negative": new_object["phrase"],
             "original_attributes": old, "negative_attributes": new}
     return out, neg_sample, edit
+
+
+PACKINGS = ("separate", "concat")
+
+
+def packed_negative(seed: int, packing: str, size: int | Sequence[int] = 224, mode: str = "shapes",
+                    rng: random.Random | int | None = None, **scene_options) -> tuple[Image.Image, dict]:
+    """A training sample from the negative of scene ``seed`` (:func:`negative_scene`), packed as
+
+    - ``separate``: the negative image alone; where the original phrase no longer fits anything it is a
+      verified-absent category, to be answered None;
+    - ``concat``: the original (left) and the negative (right) side by side in one image, labelled in
+      full: the original phrase is found on the left and not in the changed box on the right.
+
+    The scene's own negatives are left out (the edit may have changed what they named); a side-by-side
+    sample has no masks or referring expressions (they described one half).
+    """
+    if packing not in PACKINGS:
+        raise ValueError(f"unknown packing {packing!r}; expected one of {PACKINGS}")
+    neg_image, neg_sample, _ = negative_scene(seed, size, mode, rng=rng, **scene_options)
+    neg_sample.pop("negatives", None)
+    if packing == "separate":
+        return neg_image, dict(neg_sample, source=f"{neg_sample['source']}+negative")
+    image, sample = generate_scene(seed, size, mode, **scene_options)
+    return side_by_side(image, sample, neg_image, neg_sample)
+
+
+def side_by_side(left: Image.Image, left_sample: dict, right: Image.Image,
+                 right_sample: dict) -> tuple[Image.Image, dict]:
+    """Two scenes of the same height as one image and one sample (objects, held-out shapes and
+    categories of both; the right one's coordinates shifted)."""
+    if left.height != right.height:
+        raise ValueError(f"side by side needs equal heights, got {left.height} and {right.height}")
+    image = Image.new("RGB", (left.width + right.width, left.height))
+    image.paste(left, (0, 0))
+    image.paste(right, (left.width, 0))
+
+    def shifted(items: list[dict], dx: float) -> list[dict]:
+        out = []
+        for o in items:
+            o = {k: v for k, v in o.items() if k != "mask"}
+            x0, y0, x1, y1 = o["bbox"]
+            o["bbox"] = [x0 + dx, y0, x1 + dx, y1]
+            if o.get("point") is not None:
+                o["point"] = [o["point"][0] + dx, o["point"][1]]
+            out.append(o)
+        return out
+
+    sample = {k: v for k, v in left_sample.items() if k not in ("referring", "negatives")}
+    sample.update(width=image.width, objects=shifted(left_sample["objects"], 0) + shifted(right_sample["objects"],
+                                                                                            left.width),
+                  categories=sorted(set(left_sample.get("categories", [])) | set(right_sample.get("categories", []))),
+                  source=f"{left_sample['source']}+negative-concat")
+    held = shifted(left_sample.get("held_out", []), 0) + shifted(right_sample.get("held_out", []), left.width)
+    if held:
+        sample["held_out"] = held
+    return image, sample
 
 
 _VOCAB = {"kind": TRAIN_KINDS, "color": tuple(COLORS), "texture": TEXTURES, "size": tuple(SIZES)}

@@ -419,8 +419,8 @@ class LLMFoiler:
 
     def __init__(self, generator: TextGenerator, cache_dir: str | None = None,
                  examples: Sequence[tuple[str, str]] = DEFAULT_EXAMPLES, max_new_tokens: int = 96,
-                 temperature: float = 0.8, seed: int = 0):
-        self.generator, self.cache = generator, DiskCache(cache_dir)
+                 temperature: float = 0.8, seed: int = 0, method: str = "recombination"):
+        self.generator, self.cache, self.method = generator, DiskCache(cache_dir), method
         self.examples = list(examples)
         self.settings = {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
         self.calls = 0  # how many prompts reached the generator (the rest came from the cache)
@@ -455,12 +455,17 @@ class LLMFoiler:
         answers = self._ask([FROM_SUMMARY_PROMPT.format(summary=summary, phrase=p, n=n) for p in phrases])
         return [filter_foils(p, parse_lines(a))[:n] for p, a in zip(phrases, answers)]
 
-    def foils(self, phrases: Sequence[str], n: int = 3, method: str = "recombination") -> list[list[str]]:
+    def foils(self, phrases: Sequence[str], n: int = 3, method: str | None = None) -> list[list[str]]:
+        method = method or self.method
         if method == "recombination":
             return self.recombination(phrases, n)
         if method == "summary":
             return self.from_summary(phrases, n)
         raise ValueError(f"unknown LLM foil method {method!r}; expected 'recombination' or 'summary'")
+
+    def __call__(self, phrase: str, n: int = 3, rng=None) -> list[str]:
+        """The foils of one phrase (the form ``add_negative_phrases`` calls; the LLM's own seed replaces ``rng``)."""
+        return self.foils([phrase], n)[0]
 
 
 def _split_objects(text: str) -> list[str]:
@@ -471,8 +476,8 @@ def _split_objects(text: str) -> list[str]:
 # --------------------------------------------------------------------------- samples
 
 
-def add_negative_phrases(sample: dict, foiler: RuleFoiler, rng: random.Random, k: int = 2) -> dict:
-    """Add up to ``k`` rule foils of the sample's phrases as negative phrases (in place; returns it).
+def add_negative_phrases(sample: dict, foiler: RuleFoiler | LLMFoiler, rng: random.Random, k: int = 2) -> dict:
+    """Add up to ``k`` foils (rule or LLM) of the sample's phrases as negative phrases (in place; returns it).
 
     A foil that names something present in the image is never added.
     """

@@ -216,6 +216,7 @@ class _Validator:
             reason = _clean_object(obj, width, height)
             if reason:
                 report.drop(reason)
+                sample.pop("exhaustive", None)  # an object left out: the labels are no longer complete
             else:
                 objects.append(obj)
         sample["objects"] = objects
@@ -400,6 +401,10 @@ def _read_coco(path: str, report: ReadReport, masks: bool = True, keep_crowd: bo
                 sample["not_exhaustive_categories"] = sorted(not_exhaustive)
         else:
             sample["categories"] = sorted(set(names.values()))
+            # Every instance of every category is labelled, except inside crowd regions: such an image
+            # can teach naming everything in it (data_engines.tasks' detect_all). LVIS never is.
+            if not any(ann.get("iscrowd") for ann in by_image.get(image.get("id"), [])):
+                sample["exhaustive"] = True
         yield sample
 
 

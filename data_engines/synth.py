@@ -11,7 +11,8 @@ schema of docs/data.md. Modes:
 - ``keypoints``: articulated stick figures with the 17 named person joints.
 - ``gui``: a window of labelled buttons and fields.
 
-``kinds=OOD_KINDS`` draws shapes never used in training, for out-of-distribution tests.
+``kinds=OOD_KINDS`` draws shapes never used in training, for out-of-distribution tests;
+``held_out=(1, 2)`` adds a few of them to a scene unlabelled (``sample["held_out"]``) as distractors.
 Objects never overlap, so every mask is the visible object and every point lies on it.
 """
 
@@ -79,19 +80,26 @@ def generate_scene(seed_or_rng: int | random.Random | None = None, size: int | S
                    colors: Sequence[str] | None = None, sizes: Sequence[str] | None = None,
                    backgrounds: Sequence[str] | None = None, num_objects: tuple[int, int] | None = None,
                    granularity: str | None = None, negative_prob: float = 0.0,
-                   distractors: bool | None = None, masks: bool = True) -> tuple[Image.Image, dict]:
+                   distractors: bool | None = None, held_out: int | Sequence[int] = 0,
+                   held_out_kinds: Sequence[str] = OOD_KINDS, masks: bool = True) -> tuple[Image.Image, dict]:
     """Draw one scene; returns ``(image, sample)``. Same seed, same scene.
 
     ``granularity`` (shapes/single) names objects by ``kind``, ``color kind`` or ``size color kind``
     (drawn per scene when None); every object of a scene uses the same granularity, so a phrase's
-    objects are exactly those matching it. ``negative_prob`` is the chance of turning one present
-    distractor phrase into a negative (conditioning) phrase with its boxes. ``sizes`` (shapes/single)
+    objects are exactly those matching it. ``negative_prob`` (shapes/single) is the chance of turning
+    one hard distractor into a negative (conditioning) phrase, with its boxes half the time: a present
+    phrase with a look-alike among the others (the same kind in another colour or the same colour in
+    another kind; else any present phrase) or a held-out object's phrase. ``held_out`` (shapes/single,
+    a count or a (min, max) range) adds shapes of ``held_out_kinds`` that are no object of the sample:
+    they are listed, named at the scene's granularity, in ``sample["held_out"]``, and asked about only
+    as negatives (out-of-distribution objects for evaluation, never-asked distractors for training).
+    ``sizes`` (shapes/single)
     restricts the size classes of :data:`SIZES` and ``backgrounds`` the background kinds of
     :data:`BACKGROUNDS` (modes that draw one). ``masks=False`` skips the RLE masks (points are
     still computed). ``distractors`` (shapes/single; default: shapes yes, single no) follows half of
     the objects with a hard distractor: the same kind in another colour or the same colour in another kind.
     """
-    unknown = [k for k in kinds if k not in _SHAPES]
+    unknown = [k for k in list(kinds) + list(held_out_kinds) if k not in _SHAPES]
     if unknown:
         raise ValueError(f"unknown shape kinds {unknown}; known: {sorted(_SHAPES)}")
     if sizes is not None and (not sizes or any(s not in SIZES for s in sizes)):
@@ -102,11 +110,13 @@ def generate_scene(seed_or_rng: int | random.Random | None = None, size: int | S
     rng, width, height = scene.rng, scene.width, scene.height
     if mode == "single":
         scene.shapes(kinds, colors, num_objects or (1, 3), textures=False, sizes=sizes, distractors=bool(distractors))
+        scene.held_out_shapes(held_out_kinds, colors, held_out, sizes, textures=False)
         granularity = granularity or "color kind"
-        sample = scene.shape_sample(granularity, referring=False)
+        sample = scene.shape_sample(granularity, referring=False, negative_prob=negative_prob)
     elif mode == "shapes":
         scene.shapes(kinds, colors, num_objects or (2, 8), textures=True, sizes=sizes,
                      distractors=distractors is not False)
+        scene.held_out_shapes(held_out_kinds, colors, held_out, sizes, textures=True)
         granularity = granularity or rng.choice(("kind", "color kind", "color kind", "size color kind"))
         sample = scene.shape_sample(granularity, referring=True, negative_prob=negative_prob)
     elif mode == "ocr":
@@ -117,7 +127,9 @@ def generate_scene(seed_or_rng: int | random.Random | None = None, size: int | S
         sample = scene.gui(num_objects or (3, 8))
     if mode in ("single", "shapes"):
         sample["granularity"] = granularity
-    sample.update({"image": None, "width": width, "height": height, "source": f"synth/{mode}"})
+    # Every drawn object is in the sample (held-out shapes aside): the labels are exhaustive.
+    sample.update({"image": None, "width": width, "height": height, "source": f"synth/{mode}",
+                   "exhaustive": not scene.held_out})
     for obj, placed in zip(sample["objects"], scene.placed):
         if masks:
             full = np.zeros((height, width), dtype=bool)
@@ -244,6 +256,7 @@ class _Scene:
         self.nprng = np.random.default_rng(rng.getrandbits(32))
         self.image: Image.Image = Image.new("RGB", (width, height))
         self.placed: list[_Placed] = []
+        self.held_out: list[_Placed] = []  # drawn, but no object of the sample
         self.mean_color = np.zeros(3)
 
     # ---- backgrounds
@@ -284,12 +297,14 @@ class _Scene:
             x = self.rng.randint(0, max(0, self.width - bw))
             y = self.rng.randint(0, max(0, self.height - bh))
             if all(x + bw + 2 <= p.box[0] or p.box[2] + 2 <= x or y + bh + 2 <= p.box[1] or p.box[3] + 2 <= y
-                   for p in self.placed):
+                   for p in self.placed + self.held_out):
                 return x, y
         return None
 
-    def _paste(self, canvas: Image.Image, mask: Image.Image, xy: tuple[int, int], attributes: dict) -> None:
-        """Paste a drawn object and record its exact box and mask (the box is the mask's tight box)."""
+    def _paste(self, canvas: Image.Image, mask: Image.Image, xy: tuple[int, int], attributes: dict,
+               into: list[_Placed] | None = None) -> None:
+        """Paste a drawn object and record its exact box and mask (the box is the mask's tight box) in
+        ``into`` (default: the sample's objects)."""
         self.image.paste(canvas, xy, mask)
         local = np.asarray(mask) > 0
         tight = mask_bbox(local)
@@ -297,20 +312,20 @@ class _Scene:
             return
         lx0, ly0, lx1, ly1 = (int(v) for v in tight)
         box = [float(xy[0] + lx0), float(xy[1] + ly0), float(xy[0] + lx1), float(xy[1] + ly1)]
-        self.placed.append(_Placed(box, local[ly0:ly1, lx0:lx1], attributes))
+        (self.placed if into is None else into).append(_Placed(box, local[ly0:ly1, lx0:lx1], attributes))
 
     def _contrasting(self, colors: Sequence[str]) -> list[str]:
         ok = [c for c in colors if np.abs(np.array(COLORS[c]) - self.mean_color).sum() > 150]
         return ok or list(colors)
 
-    def _shape(self, kind: str, color: str, size: str, texture: str) -> bool:
+    def _shape(self, kind: str, color: str, size: str, texture: str, into: list[_Placed] | None = None) -> bool:
         lo, hi = SIZES[size]
         side = max(6, int(self.rng.uniform(lo, hi) * min(self.width, self.height)))
         xy = self._place(side, side)
         if xy is None:
             return False
         canvas, mask = draw_shape(kind, color, texture, side, self.rng)
-        self._paste(canvas, mask, xy, {"kind": kind, "color": color, "size": size, "texture": texture})
+        self._paste(canvas, mask, xy, {"kind": kind, "color": color, "size": size, "texture": texture}, into)
         return True
 
     def shapes(self, kinds, colors, count, textures: bool, sizes, distractors: bool = False) -> None:
@@ -335,6 +350,15 @@ class _Scene:
         if not self.placed:  # the image was too crowded for even one: force a small one
             self._shape(kinds[0], colors[0], "small", "plain")
 
+    def held_out_shapes(self, kinds, colors, count: int | Sequence[int], sizes, textures: bool) -> None:
+        """``count`` (or a (min, max) range) shapes of ``kinds`` in free spots, kept out of the objects."""
+        rng = self.rng
+        low, high = (count, count) if isinstance(count, int) else tuple(count)
+        for _ in range(rng.randint(low, high) if high else 0):
+            texture = rng.choice(TEXTURES) if textures and rng.random() < 0.4 else "plain"
+            self._shape(rng.choice(kinds), rng.choice(self._contrasting(colors)), rng.choice(sizes), texture,
+                        into=self.held_out)
+
     # ---- naming shapes
     @staticmethod
     def _name(attrs: dict, granularity: str) -> str:
@@ -349,16 +373,36 @@ class _Scene:
             objects.append({"phrase": self._name(p.attributes, granularity), "bbox": p.box,
                             "point": [p.box[0] + point[0], p.box[1] + point[1]], "attributes": dict(p.attributes)})
         present = sorted({o["phrase"] for o in objects})
-        absent = self._absent(granularity, present)
+        held = [{"phrase": self._name(p.attributes, granularity), "bbox": p.box, "attributes": dict(p.attributes)}
+                for p in self.held_out]
+        absent = [c for c in self._absent(granularity, present) if c not in {h["phrase"] for h in held}]
         sample: dict = {"objects": objects, "categories": sorted(set(present) | set(absent))}
+        if held:
+            sample["held_out"] = held
         if referring:
             sample["referring"] = self._referring(granularity)
-        if negative_prob and len(present) > 1 and rng.random() < negative_prob:
-            negative = rng.choice(present)
-            sample["negatives"] = {"phrases": [negative]}
-            if rng.random() < 0.5:
-                sample["negatives"]["boxes"] = [o["bbox"] for o in objects if o["phrase"] == negative]
+        if negative_prob and (len(present) > 1 or held) and rng.random() < negative_prob:
+            several = len(present) > 1  # a present phrase may be the negative only if another is left to find
+            pool = ((self._lookalike_phrases(granularity) if several else [])
+                    + [h["phrase"] for h in held if h["phrase"] not in present])
+            pool = pool or (present if several else [])
+            if pool:
+                negative = rng.choice(pool)
+                sample["negatives"] = {"phrases": [negative]}
+                if rng.random() < 0.5:
+                    sample["negatives"]["boxes"] = [o["bbox"] for o in objects + held if o["phrase"] == negative]
         return sample
+
+    def _lookalike_phrases(self, granularity: str) -> list[str]:
+        """Phrases of objects that have a hard distractor with another phrase: an object differing from
+        it in kind alone or in colour alone."""
+        out = set()
+        for a in self.placed:
+            for b in self.placed:
+                differ = [k for k in ("kind", "color") if a.attributes[k] != b.attributes[k]]
+                if len(differ) == 1 and self._name(a.attributes, granularity) != self._name(b.attributes, granularity):
+                    out.add(self._name(a.attributes, granularity))
+        return sorted(out)
 
     def _absent(self, granularity: str, present: list[str]) -> list[str]:
         """Hard absent phrases: each present phrase with one attribute changed, when that is absent."""

@@ -8,7 +8,8 @@ An example is ``{"task", "image", "width", "height", "prompt", "answer", "phrase
 ``phrases`` are the asked phrases, ``targets`` the objects the answer encodes (with the geometry it
 encodes). Builders draw with the ``random.Random`` they are given and nothing else, so a seed fixes
 the example. Negative phrases and boxes of a sample go into the prompt as conditioning and are
-never answered. A sample that cannot serve a task raises ``TaskNotApplicable``.
+never answered. A sample that cannot serve a task raises ``TaskNotApplicable``. Some tasks take
+options (``TASK_OPTIONS``; a mixture gives them as ``tasks: {detect_all: {weight: 1, granularity: kind}}``).
 """
 
 from __future__ import annotations
@@ -20,14 +21,22 @@ from rexomni.grammar import format_answer, format_keypoints
 from rexomni.prompts import KEYPOINT_NAMES, build_prompt, sample_template
 
 from .masks import deepest_point, object_mask
+from .synth import GRANULARITIES, shape_phrase
 
 # The training builders. Each asks the prompt of the core task it names or aliases
 # (rexomni.tasks: grounding and referring ask the detection prompt).
 TASKS = ("grounding", "referring", "pointing", "visual_prompting", "keypoints", "ocr_box", "ocr_polygon",
-         "gui_grounding", "gui_pointing")
+         "gui_grounding", "gui_pointing", "detect_all")
+# task -> option -> help. detect_all's granularity names shapes by "kind", "color kind" or "size color
+# kind" (objects with synthetic attributes; others keep their phrase); unset, every object keeps its phrase.
+TASK_OPTIONS = {"detect_all": {"granularity": f"how shapes are named: one of {list(GRANULARITIES)}"}}
 
 MAX_PHRASES = 4   # positive phrases asked at most in one grounding / pointing example
-MAX_ABSENT = 3    # verified-absent phrases asked at most (answered None)
+MAX_ABSENT = 4    # verified-absent phrases asked at most (answered None)
+# The share of grounding / pointing examples that ask the sample's whole list (every present phrase and
+# every verified-absent one, up to the limits above): a detector is used with the full category list,
+# and a model that never saw long lists answered None to all of them.
+FULL_LIST_PROB = 0.5
 MAX_EXAMPLE_BOXES = 3  # visual prompting: example boxes given at most
 
 
@@ -36,19 +45,33 @@ class TaskNotApplicable(ValueError):
 
 
 def build_example(sample: dict, task: str, rng: random.Random | int | None = None, codec: str = "center",
-                  paraphrase: bool = True) -> dict:
-    """Turn ``sample`` into one ``task`` example. ``paraphrase=False`` uses the released wording only."""
+                  paraphrase: bool = True, options: dict | None = None) -> dict:
+    """Turn ``sample`` into one ``task`` example. ``paraphrase=False`` uses the released wording only;
+    ``options`` are the task's (``TASK_OPTIONS``)."""
     if task not in _BUILDERS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     rng = rng if isinstance(rng, random.Random) else random.Random(rng)
-    return _BUILDERS[task](_Context(sample, rng, codec, paraphrase))
+    return _BUILDERS[task](_Context(sample, rng, codec, paraphrase, check_options(task, options or {})))
+
+
+def check_options(task: str, options: dict) -> dict:
+    """``options`` for ``task``, checked: an option the task does not take, or a bad value, is an error."""
+    known = TASK_OPTIONS.get(task, {})
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"task {task!r} takes no option {unknown}; its options: {known or 'none'}")
+    granularity = options.get("granularity")
+    if granularity is not None and granularity not in GRANULARITIES:
+        raise ValueError(f"task {task!r}: granularity must be one of {list(GRANULARITIES)}, got {granularity!r}")
+    return dict(options)
 
 
 class _Context:
-    """What every builder needs: the sample, its negatives, the rng, the codec and the prompt wording."""
+    """What every builder needs: the sample, its negatives, the rng, the codec, the prompt wording and
+    the task's options."""
 
-    def __init__(self, sample: dict, rng: random.Random, codec: str, paraphrase: bool):
-        self.sample, self.rng, self.codec, self.paraphrase = sample, rng, codec, paraphrase
+    def __init__(self, sample: dict, rng: random.Random, codec: str, paraphrase: bool, options: dict):
+        self.sample, self.rng, self.codec, self.paraphrase, self.options = sample, rng, codec, paraphrase, options
         self.width, self.height = sample["width"], sample["height"]
         negatives = sample.get("negatives") or {}
         self.negative_phrases = list(negatives.get("phrases", []))
@@ -75,15 +98,20 @@ class _Context:
         return groups
 
     def draw_phrases(self, present: list[str]) -> list[str]:
-        """1..MAX_PHRASES present phrases plus 0..MAX_ABSENT verified-absent ones, shuffled."""
+        """1..MAX_PHRASES present phrases plus 0..MAX_ABSENT verified-absent ones, shuffled; the most of
+        both with probability FULL_LIST_PROB."""
         rng = self.rng
-        asked = rng.sample(present, rng.randint(1, min(len(present), MAX_PHRASES))) if present else []
+        full_list = rng.random() < FULL_LIST_PROB
+
+        def how_many(pool: list[str], low: int, high: int) -> int:
+            return min(len(pool), high) if full_list else rng.randint(low, min(len(pool), high))
+
+        asked = rng.sample(present, how_many(present, 1, MAX_PHRASES)) if present else []
         # Absent means absent: a phrase whose objects lack this task's geometry is not asked at all.
         skip = {o["phrase"] for o in self.sample.get("objects", [])} | set(self.negative_phrases)
         absent = [c for c in self.sample.get("categories", []) if c not in skip]
         if absent:
-            low = 0 if asked else 1
-            asked += rng.sample(absent, rng.randint(low, min(len(absent), MAX_ABSENT)))
+            asked += rng.sample(absent, how_many(absent, 0 if asked else 1, MAX_ABSENT))
         if not asked:
             raise TaskNotApplicable("the sample has no phrase to ask (no objects and no verified-absent categories)")
         rng.shuffle(asked)
@@ -214,6 +242,22 @@ def _gui(ctx: _Context, task: str) -> dict:
     return ctx.example(task, ctx.prompt(task, [phrase]), answer, [phrase], targets)
 
 
+def _detect_all(ctx: _Context) -> dict:
+    """Every object, grouped under its name; groups in the order of their first box (smallest x0, then
+    y0, as the boxes inside a group), so the target does not depend on the order objects are listed in."""
+    if not ctx.sample.get("exhaustive") or ctx.sample.get("not_exhaustive_categories"):
+        raise TaskNotApplicable("detect_all needs a sample whose objects are all labelled (flag 'exhaustive')")
+    if not ctx.objects or any(o.get("bbox") is None for o in ctx.objects):
+        raise TaskNotApplicable("detect_all needs every object of the sample with a box")
+    granularity = ctx.options.get("granularity")
+    targets = [{"phrase": shape_phrase(o["attributes"], granularity) if granularity and o.get("attributes")
+                else o["phrase"], "bbox": o["bbox"]} for o in ctx.objects]
+    by_box = sorted(targets, key=lambda t: (t["bbox"][0], t["bbox"][1], t["phrase"]))
+    phrases = list(dict.fromkeys(t["phrase"] for t in by_box))
+    answer = format_answer(targets, ctx.width, ctx.height, ctx.codec, phrases=phrases, kind="box")
+    return ctx.example("detect_all", ctx.prompt("detect_all", ()), answer, phrases, targets)
+
+
 _BUILDERS: dict[str, Callable[[_Context], dict]] = {
     "grounding": _grounding,
     "referring": _referring,
@@ -224,18 +268,19 @@ _BUILDERS: dict[str, Callable[[_Context], dict]] = {
     "ocr_polygon": lambda ctx: _ocr(ctx, "ocr_polygon"),
     "gui_grounding": lambda ctx: _gui(ctx, "gui_grounding"),
     "gui_pointing": lambda ctx: _gui(ctx, "gui_pointing"),
+    "detect_all": _detect_all,
 }
 
 
 def _builder(task: str) -> Callable[..., dict]:
     def build(sample: dict, rng: random.Random | int | None = None, codec: str = "center",
-              paraphrase: bool = True) -> dict:
-        return build_example(sample, task, rng, codec, paraphrase)
+              paraphrase: bool = True, options: dict | None = None) -> dict:
+        return build_example(sample, task, rng, codec, paraphrase, options)
 
     build.__name__ = f"build_{task}"
     build.__doc__ = f"``build_example(sample, {task!r}, ...)``."
     return build
 
 
-# task -> builder(sample, rng=None, codec="center", paraphrase=True) -> example
+# task -> builder(sample, rng=None, codec="center", paraphrase=True, options=None) -> example
 BUILDERS: dict[str, Callable[..., dict]] = {task: _builder(task) for task in TASKS}

@@ -1,4 +1,5 @@
-"""Reports: results JSON, a markdown table and PNG plots (precision-recall, F1 against IoU)."""
+"""Reports: results JSON, a markdown table and PNG plots (precision-recall, F1 against IoU), and the
+tables a benchmark spec declares, each with a bar plot (``tables:``, see :func:`table_markdown`)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 # Columns shown first in the markdown table when present; other keys follow in their order.
-LEADING_KEYS = ("f1@0.5", "f1@0.95", "f1@mean", "coco/AP", "coco/AP50", "coco/AP75", "lvis/APr", "lvis/APc",
-                "lvis/APf", "point/f1", "ref/acc@0.5", "kp/mean_oks", "vp/count_mae", "vp/duplicate_ratio",
-                "language/AP", "d3/full", "ood/auroc")
+LEADING_KEYS = ("f1@0.5", "f1@0.95", "f1@mean", "agnostic/f1@0.5", "agnostic/f1@mean", "detect_all/phrases_not_in_gt",
+                "coco/AP", "coco/AP50", "coco/AP75", "lvis/APr", "lvis/APc", "lvis/APf", "point/f1", "ref/acc@0.5",
+                "kp/mean_oks", "vp/count_mae", "vp/duplicate_ratio", "language/AP", "d3/full", "ood/auroc")
 COUNT_KEYS = ("samples", "skipped_images", "samples_without_prediction", "coco/unknown_labels",
-              "vp/duplicate_pairs")
+              "vp/duplicate_pairs", "distractors/count", "ood/id_boxes", "ood/ood_boxes")
 
 
 def markdown_table(results: Mapping[str, Mapping[str, float]], title: str | None = None) -> str:
@@ -84,14 +85,56 @@ def _save(fig, path: Path) -> str:
     return str(path)
 
 
+def table_markdown(results: Mapping[str, Mapping[str, float]], table: Mapping) -> str:
+    """One declared table: ``{title, datasets: [names], metrics: [keys]}``, a row per data set (those
+    that ran), a column per metric, cells as in :func:`markdown_table`."""
+    rows = [d for d in table["datasets"] if d in results]
+    lines = [f"## {table['title']}", "", "| dataset | " + " | ".join(table["metrics"]) + " |",
+             "|---|" + "---|" * len(table["metrics"])]
+    lines += [f"| {d} | " + " | ".join(_cell(k, results[d].get(k)) for k in table["metrics"]) + " |" for d in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot_table(results: Mapping[str, Mapping[str, float]], table: Mapping, out_dir: str | os.PathLike) -> str | None:
+    """A grouped bar plot of one declared table: a group per metric, a bar per data set (rates as
+    percent; counts are left out). None when no data set of the table ran."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [d for d in table["datasets"] if d in results]
+    keys = [k for k in table["metrics"] if k not in COUNT_KEYS]
+    if not rows or not keys:
+        return None
+    fig, ax = plt.subplots(figsize=(min(12.0, 2.0 + 0.35 * len(keys) * len(rows)), 4))
+    width = 0.8 / len(rows)
+    for i, dataset in enumerate(rows):
+        values = [100 * results[dataset].get(k, float("nan")) for k in keys]
+        ax.bar([j + (i - (len(rows) - 1) / 2) * width for j in range(len(keys))], values, width, label=dataset)
+    ax.set_xticks(range(len(keys)), keys, rotation=20, ha="right")
+    ax.set(ylabel="percent", ylim=(0, 102), title=table["title"])
+    ax.legend(fontsize="small")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return _save(fig, Path(out_dir) / f"table_{_slug(table['title'])}.png")
+
+
 def write_reports(results: Mapping[str, Mapping[str, float]], curves: Mapping[str, Mapping],
-                  out_dir: str | os.PathLike, title: str | None = None) -> dict[str, str]:
-    """``results.json`` (flat metrics per data set, plus curves), ``results.md`` and ``plots/``."""
+                  out_dir: str | os.PathLike, title: str | None = None,
+                  tables: list[Mapping] | None = None) -> dict[str, str]:
+    """``results.json`` (flat metrics per data set, plus curves), ``results.md`` (with the declared
+    ``tables`` after the full table) and ``plots/`` (a bar plot per declared table)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "results.json", out_dir / "results.md"
     with open(json_path, "w", encoding="utf-8") as f:
         json.dump({"results": results, "curves": curves}, f, indent=1)
-    md_path.write_text(markdown_table(results, title), encoding="utf-8")
+    sections = [markdown_table(results, title)]
     plots = plot_curves(curves, out_dir / "plots")
+    for table in tables or []:
+        plot = plot_table(results, table, out_dir / "plots")
+        sections.append(table_markdown(results, table) + (f"\n![{table['title']}](plots/{Path(plot).name})\n"
+                                                          if plot else ""))
+        plots += [plot] if plot else []
+    md_path.write_text("\n".join(sections), encoding="utf-8")
     return {"json": str(json_path), "markdown": str(md_path), "plots": ",".join(plots)}

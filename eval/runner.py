@@ -11,11 +11,16 @@ datasets:
     annotations: /data/coco/annotations/instances_val2017.json
     format: coco            # optional: the readers detect it
     image_root: /data/coco/val2017
-    task: detection         # detection, referring, pointing, visual_prompting, keypoint, language
+    task: detection         # detection, detect_all, referring, pointing, visual_prompting, keypoint, language
     metrics: [f1, coco]     # optional: the task's defaults
     limit: 500              # optional: the first N samples
-    ask: categories         # what the model is asked: the sample's categories, or only the present ones
+    ask: categories         # what the model is asked: the sample's categories, only the present ones,
+                            # or each present phrase in a request of its own (referring comprehension)
     predict: {}             # optional keyword arguments for model.predict
+    negatives: ask          # the sample's negative phrases: asked like categories (ask), or look-alikes
+                            # not to find (exclude: left out; give: passed as negatives= and negative_boxes=;
+                            # both score only the samples that have negative phrases)
+    ood: false              # score each box's OOD score against the samples' held-out shapes
 ```
 
 Predictions are cached in ``OUT/predictions/<dataset>.jsonl``, one line per sample, flushed per
@@ -37,6 +42,7 @@ from typing import Any
 from rexomni.tasks import get_task
 
 from .data import Prediction, load_annotations
+from .ood import detection_ood_metrics, distractor_hits
 from .protocols import get_protocol
 from .scoring import DEFAULT_METRICS, TASK_METRICS, score
 
@@ -44,6 +50,10 @@ logger = logging.getLogger(__name__)
 
 # Benchmark tasks: each asks the core task it names or aliases (rexomni.tasks) and is scored by its metrics.
 BENCHMARK_TASKS = tuple(DEFAULT_METRICS)
+# What a data set asks: every category of the sample, the present phrases together, or each present phrase
+# in a request of its own.
+ASK = ("categories", "present", "each")
+NEGATIVES = ("ask", "exclude", "give")  # what a data set does with a sample's negative phrases
 
 
 @dataclass
@@ -61,14 +71,23 @@ class DatasetSpec:
     # Scenes drawn by the synthetic engine instead of read from ``annotations``: generate_scene's
     # options plus ``n`` (scenes) and ``seed`` (scene i uses seed * 1000003 + i, as `rexomni data synth`).
     synth: dict | None = None
+    # The sample's negative phrases: "ask" them like categories (language sets: descriptions of nothing),
+    # or treat them as look-alikes that must not be found: not asked, their objects no ground truth, and
+    # either left out ("exclude") or given to the model as negatives= with their boxes ("give": in the
+    # prompt, unless predict says negatives_in_prompt: false); then only the samples that have negative
+    # phrases are scored.
+    negatives: str = "ask"
+    ood: bool = False  # predict with ood=True and score the OOD score against the held-out shapes
 
     def __post_init__(self):
         if self.annotations and self.synth:
             raise ValueError(f"dataset {self.name!r}: give 'annotations' or 'synth', not both")
         if self.task not in BENCHMARK_TASKS:
             raise ValueError(f"dataset {self.name!r}: unknown task {self.task!r}; expected one of {BENCHMARK_TASKS}")
-        if self.ask not in ("categories", "present"):
-            raise ValueError(f"dataset {self.name!r}: ask must be 'categories' or 'present', got {self.ask!r}")
+        if self.ask not in ASK:
+            raise ValueError(f"dataset {self.name!r}: ask must be one of {ASK}, got {self.ask!r}")
+        if self.negatives not in NEGATIVES:
+            raise ValueError(f"dataset {self.name!r}: negatives must be one of {NEGATIVES}, got {self.negatives!r}")
         unknown = set(self.metrics or []) - set(TASK_METRICS)
         if unknown:
             raise ValueError(f"dataset {self.name!r}: unknown metrics {sorted(unknown)}; known: {sorted(TASK_METRICS)}")
@@ -80,6 +99,8 @@ class BenchmarkSpec:
     datasets: list[DatasetSpec]
     protocol: str = "strict"
     batch_size: int = 8
+    # Tables of the report, each with a bar plot: {title, datasets: [names], metrics: [keys]}.
+    tables: list[dict] = field(default_factory=list)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> BenchmarkSpec:
@@ -105,8 +126,17 @@ class BenchmarkSpec:
             except TypeError as e:
                 raise ValueError(f"benchmark spec {str(path)!r}: dataset {d['name']!r}: {e}") from None
         get_protocol(raw.get("protocol", "strict"))  # fail early on a bad name
+        tables = list(raw.get("tables") or [])
+        names = {d.name for d in datasets}
+        for table in tables:
+            if not isinstance(table, Mapping) or not {"title", "datasets", "metrics"} <= set(table):
+                raise ValueError(f"benchmark spec {str(path)!r}: a table needs title, datasets and metrics: {table!r}")
+            unknown = [d for d in table["datasets"] if d not in names]
+            if unknown:
+                raise ValueError(f"benchmark spec {str(path)!r}: table {table['title']!r} names unknown data sets "
+                                 f"{unknown}")
         return cls(name=str(raw.get("name", Path(path).stem)), datasets=datasets,
-                   protocol=raw.get("protocol", "strict"), batch_size=int(raw.get("batch_size", 8)))
+                   protocol=raw.get("protocol", "strict"), batch_size=int(raw.get("batch_size", 8)), tables=tables)
 
 
 # --------------------------------------------------------------------------- prediction cache
@@ -170,7 +200,7 @@ class PredictionCache:
 def asked_categories(sample: Mapping, ask: str = "categories") -> list[str]:
     """The phrases a sample asks the model about."""
     present = list(dict.fromkeys(str(o["phrase"]) for o in sample.get("objects", [])))
-    if ask == "present":
+    if ask in ("present", "each"):
         return present
     categories = [str(c) for c in sample.get("categories") or []] or present
     negatives = [str(p) for p in (sample.get("negatives") or {}).get("phrases", [])]
@@ -179,10 +209,32 @@ def asked_categories(sample: Mapping, ask: str = "categories") -> list[str]:
 
 def _request(sample: Mapping, spec: DatasetSpec) -> dict[str, Any]:
     """Keyword arguments for ``model.predict`` for one sample (besides images and task)."""
-    request: dict[str, Any] = {"categories": asked_categories(sample, spec.ask)}
+    request: dict[str, Any] = {}
+    if not get_task(spec.task).free_phrases:  # detect_all is asked nothing: the model names what it sees
+        request["categories"] = asked_categories(sample, spec.ask)
     if spec.task == "visual_prompting":
         request["visual_prompt"] = sample.get("visual_prompt") or example_boxes(sample)
+    negatives = sample.get("negatives") or {}
+    if spec.negatives != "ask" and "categories" in request:
+        request["categories"] = [c for c in request["categories"] if c not in set(negatives.get("phrases", []))]
+    if spec.negatives == "give":
+        request.update(negatives=list(negatives.get("phrases", [])), negative_boxes=list(negatives.get("boxes", [])))
+    if spec.ood:
+        request["ood"] = True
     return {**spec.predict, **request}
+
+
+def without_negatives(sample: dict) -> dict:
+    """The sample as a benchmark that treats its negative phrases as look-alikes scores it: their objects
+    are no ground truth (they become ``distractors``) and they are no category; ``negatives`` stays, to be
+    given to the model."""
+    phrases = set((sample.get("negatives") or {}).get("phrases", []))
+    if not phrases:
+        return sample
+    objects = sample.get("objects", [])
+    return dict(sample, objects=[o for o in objects if o["phrase"] not in phrases],
+                distractors=[o for o in objects if o["phrase"] in phrases],
+                categories=[c for c in sample.get("categories") or [] if c not in phrases])
 
 
 def example_boxes(sample: Mapping, per_phrase: int = 3) -> dict[str, list]:
@@ -233,6 +285,8 @@ def predict_dataset(model: Any, samples: list[dict], spec: DatasetSpec, cache: P
                 for name in ("raw_text", "problems"):  # what the detector API's results carry besides geometry
                     if getattr(result, name, None) is not None:
                         record[name] = getattr(result, name)
+                if getattr(result, "ood_scores", None) is not None:
+                    record["ood_scores"] = [float(v) for v in result.ood_scores]
                 records.append(record)
         cache.write(records)
         bar.update(len(batch))
@@ -245,6 +299,10 @@ def evaluate_samples(model: Any, samples: list[dict], dataset: DatasetSpec, prot
     """Predict what ``cache`` lacks, then score: one data set of a benchmark, or samples held in memory
     (training's held-out scenes, whose ``image`` is a PIL image). Returns (flat metrics, curves)."""
     cache = cache if cache is not None else PredictionCache()
+    if dataset.ask == "each":
+        samples = one_phrase_each(samples)
+    if dataset.negatives != "ask":
+        samples = [without_negatives(s) for s in samples if (s.get("negatives") or {}).get("phrases")]
     predict_dataset(model, samples, dataset, cache, batch_size, progress)
     skipped = cache.skipped()
     scored = [s for s in samples if s["key"] not in skipped]
@@ -256,6 +314,10 @@ def evaluate_samples(model: Any, samples: list[dict], dataset: DatasetSpec, prot
     clean = cache.clean_share()
     if clean is not None:
         metrics["parsed_clean"] = clean
+    if dataset.negatives != "ask" or any(s.get("held_out") for s in scored):
+        metrics.update(distractor_hits(scored, cache.lines))
+    if dataset.ood:
+        metrics.update(detection_ood_metrics(scored, cache.lines))
     return metrics, curves
 
 
@@ -289,8 +351,20 @@ def run_benchmark(model: Any, spec: BenchmarkSpec | str | os.PathLike, out_dir: 
         metrics, dataset_curves = evaluate_samples(model, samples, dataset, protocol, spec.batch_size, cache, progress)
         metrics["skipped_images"] += unreadable
         results[dataset.name], curves[dataset.name] = metrics, dataset_curves
-    write_reports(results, curves, out_dir, title=f"{spec.name} ({get_protocol(protocol).name} protocol)")
+    write_reports(results, curves, out_dir, title=f"{spec.name} ({get_protocol(protocol).name} protocol)",
+                  tables=spec.tables)
     return results
+
+
+def one_phrase_each(samples: list[dict]) -> list[dict]:
+    """One sample per present phrase, holding that phrase's objects only and keyed ``<key>#<phrase>``:
+    referring comprehension asks each expression in a request of its own and scores it alone."""
+    split = []
+    for sample in samples:
+        for phrase in dict.fromkeys(str(o["phrase"]) for o in sample.get("objects", [])):
+            objects = [o for o in sample["objects"] if str(o["phrase"]) == phrase]
+            split.append(dict(sample, objects=objects, categories=[phrase], key=f"{sample['key']}#{phrase}"))
+    return split
 
 
 def synth_samples(options: Mapping[str, Any]) -> list[dict]:

@@ -9,6 +9,7 @@ import numpy as np
 
 from .coco import coco_ap
 from .data import Prediction, is_coco_style
+from .detect_all import map_phrases
 from .example import absent_answers, score_prediction
 from .f1 import box_f1
 from .keypoints import keypoint_scores
@@ -20,9 +21,10 @@ from .visual_prompt import visual_prompt_metrics
 
 logger = logging.getLogger(__name__)
 
-TASK_METRICS = ("f1", "coco", "pointing", "keypoints", "visual_prompt", "referring", "language")
+TASK_METRICS = ("f1", "agnostic", "coco", "pointing", "keypoints", "visual_prompt", "referring", "language")
 DEFAULT_METRICS = {
     "detection": ["f1", "coco"],
+    "detect_all": ["f1", "agnostic"],
     "referring": ["f1", "referring"],
     "language": ["f1", "language"],
     "pointing": ["pointing"],
@@ -30,7 +32,7 @@ DEFAULT_METRICS = {
     "keypoint": ["keypoints"],
 }
 # The released evaluation normalises names to letters only on these tasks.
-DETECTION_TASKS = ("detection", "pointing", "visual_prompting", "keypoint")
+DETECTION_TASKS = ("detection", "detect_all", "pointing", "visual_prompting", "keypoint")
 
 
 def score(samples: list[dict], predictions: Mapping[str, Prediction], task: str = "detection",
@@ -50,18 +52,22 @@ def score(samples: list[dict], predictions: Mapping[str, Prediction], task: str 
         raise ValueError(f"unknown metrics {sorted(unknown)}; expected some of {TASK_METRICS}")
     protocol = get_protocol(protocol)
     coco_style = is_coco_style(samples) if coco_style is None else coco_style
-    if task == "visual_prompting":  # the example boxes define the class: names play no part
-        samples, predictions = _one_class(samples, predictions)
-    detection_set = task in DETECTION_TASKS
     out: dict[str, float] = {}
     curves: dict = {}
+    if task == "visual_prompting":  # the example boxes define the class: names play no part
+        samples, predictions = _one_class(samples, predictions)
+    if task == "detect_all":  # the model named the objects: its phrases become ground-truth names first
+        predictions, out["detect_all/phrases_not_in_gt"] = map_phrases(samples, predictions)
+    detection_set = task in DETECTION_TASKS
     if "f1" in metrics:
         f1 = box_f1(samples, predictions, protocol, coco_style, detection_set)
         out.update(f1.metrics())
         out["mean_iou"] = mean_iou(samples, predictions)
         curves["f1_vs_iou"] = {"thresholds": f1.thresholds.tolist(), "f1": f1.f1.tolist(),
                                "precision": f1.precision.tolist(), "recall": f1.recall.tolist()}
-    if {"f1", "pointing"} & set(metrics):
+    if "agnostic" in metrics:  # localisation alone: every phrase and label taken as one class
+        out.update(box_f1(*_one_class(samples, predictions), protocol, coco_style, detection_set).metrics("agnostic/"))
+    if {"f1", "pointing"} & set(metrics) and task != "detect_all":  # detect_all asks no phrase, absent or not
         asked, answered = map(sum, zip(*(absent_answers(predictions.get(s["key"], Prediction()), s)
                                          for s in samples))) if samples else (0, 0)
         if asked:

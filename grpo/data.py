@@ -8,7 +8,8 @@ columns of :mod:`rexomni.grpo.rewards`:
     task         the core task whose prompt was asked (detection, pointing, ...)
     categories   the asked phrases;  phrases: the names the answer may use (the grammar constraint's list)
     objects      the ground truth of the asked phrases (sample schema: phrase, bbox, point, mask, ...)
-    negatives    {"phrases": [...], "boxes": [...]} of the prompt
+    negatives    {"phrases": [...], "boxes": [...]}: the prompt's negative phrases; its negative boxes and the
+                 ground-truth boxes of the objects a negative phrase names (what the answer must not box)
     width, height, coord_codec
 
 The prompt text is the mixture's (data_engines.tasks builds it with rexomni.prompts.build_prompt); with
@@ -62,6 +63,10 @@ def prompt_row(example: dict, sample: dict, codec: str) -> dict:
     phrases = sorted({t["phrase"] for t in example["targets"]}) if task == "visual_prompting" else asked
     image = example["image"] if not isinstance(example["image"], str) else load_image(example["image"])
     negatives = sample.get("negatives") or {}
+    negative_phrases = list(negatives.get("phrases", []))
+    named = [o["bbox"] for o in sample.get("objects", []) + sample.get("held_out", [])
+             if o.get("phrase") in negative_phrases and o.get("bbox") is not None]
+    boxes = [list(b) for b in dict.fromkeys(tuple(b) for b in list(negatives.get("boxes", [])) + named)]
     return {
         "prompt": build_messages(example["prompt"], system=SYSTEM_PROMPT),
         "image": fit_aspect_ratio(image.convert("RGB")),
@@ -69,7 +74,7 @@ def prompt_row(example: dict, sample: dict, codec: str) -> dict:
         "categories": asked,
         "phrases": phrases,
         "objects": objects,
-        "negatives": {"phrases": list(negatives.get("phrases", [])), "boxes": list(negatives.get("boxes", []))},
+        "negatives": {"phrases": negative_phrases, "boxes": boxes},
         "width": example["width"],
         "height": example["height"],
         "coord_codec": codec,

@@ -17,6 +17,7 @@ from .codec import get_codec
 from .grammar import parse_output
 from .images import fit_aspect_ratio, load_image
 from .modeling import RexOmniSettings
+from .negatives import DEFAULT_BETA, DEFAULT_THRESHOLD, auto_negatives, rescore
 from .prompts import KEYPOINT_NAMES, SYSTEM_PROMPT, build_messages, build_prompt
 from .result import Result, build_result
 from .tasks import get_task
@@ -99,9 +100,15 @@ class RexOmni:
         return cls(checkpoint.model, checkpoint.processor, checkpoint.settings, device=device, name=checkpoint.source)
 
     # ------------------------------------------------------------------ tasks
-    def detect(self, images, categories, negatives=None, negative_boxes=None, **kwargs):
-        """Boxes of ``categories``; ``negatives`` (phrases) and ``negative_boxes`` say what not to detect."""
-        return self.predict(images, task="detection", categories=categories, negatives=negatives,
+    def detect(self, images, categories=None, negatives=None, negative_boxes=None, **kwargs):
+        """Boxes of ``categories``; ``negatives`` (phrases, or "auto" for look-alikes of the categories) and
+        ``negative_boxes`` say what not to detect (``suppress=True``, ``ood=True``: see :meth:`predict`).
+
+        Without categories (None or empty) the task is ``detect_all``: the model names what it sees,
+        and the labels are the phrases it wrote.
+        """
+        task = "detection" if categories else "detect_all"
+        return self.predict(images, task=task, categories=categories or None, negatives=negatives,
                             negative_boxes=negative_boxes, **kwargs)
 
     def point(self, images, categories, **kwargs):
@@ -127,17 +134,27 @@ class RexOmni:
     def predict(self, images, task: str = "detection", categories=None, *, negatives=None, negative_boxes=None,
                 visual_prompt=None, keypoint_names=None, constrained: bool = True, scores: bool = True,
                 max_boxes: int | None = None, max_new_tokens: int | None = None, batch_size: int = 8,
-                progress: bool = False, **generate_kwargs):
+                progress: bool = False, negatives_in_prompt: bool = True, suppress: bool = False,
+                suppress_beta: float = DEFAULT_BETA, suppress_threshold: float = DEFAULT_THRESHOLD, ood: bool = False,
+                **generate_kwargs):
         """The general form. ``images``: one image or a list (path, URL, PIL, numpy or bytes).
 
         ``categories``, ``negatives``, ``negative_boxes``, ``visual_prompt`` and ``keypoint_names``
         are either shared by every image or given per image as a list of the same length.
+        ``negatives="auto"``: look-alikes of the categories from the rule engine (docs/negatives.md).
+        Detection only: ``suppress`` rescores every box against the negatives (NNC:
+        ``sigmoid(S_pos - suppress_beta * max S_neg)``) and drops those under ``suppress_threshold``;
+        ``ood`` adds ``result.ood_scores`` (high: in-distribution). ``negatives_in_prompt=False`` uses
+        the negatives for that scoring only (for models never trained with negative conditioning).
         ``generate_kwargs`` go to ``generate`` (e.g. ``do_sample=True, temperature=1.0``).
         """
         task = canonical_task(task)
+        if (suppress or ood) and task != "detection":
+            raise ValueError(f"suppress and ood score detection boxes under phrases; task {task!r} has none")
         single = not isinstance(images, (list, tuple))
         requests = self.prepare(images, task, categories, negatives=negatives, negative_boxes=negative_boxes,
-                                visual_prompt=visual_prompt, keypoint_names=keypoint_names)
+                                visual_prompt=visual_prompt, keypoint_names=keypoint_names,
+                                negatives_in_prompt=negatives_in_prompt)
         n = len(requests)
         if n == 0:
             return []
@@ -148,9 +165,13 @@ class RexOmni:
 
             chunks = tqdm(chunks, desc=f"rexomni {task}", unit="batch")
         for start in chunks:
-            results += self._run_batch(task, requests[start:start + batch_size], constrained=constrained,
-                                       scores=scores, max_boxes=max_boxes, max_new_tokens=max_new_tokens,
-                                       **generate_kwargs)
+            batch = self._run_batch(task, requests[start:start + batch_size], constrained=constrained,
+                                    scores=scores, max_boxes=max_boxes, max_new_tokens=max_new_tokens,
+                                    **generate_kwargs)
+            if suppress or ood:
+                batch = rescore(self, requests[start:start + batch_size], batch, suppress=suppress,
+                                beta=suppress_beta, threshold=suppress_threshold, ood=ood)
+            results += batch
         return results[0] if single else results
 
     __call__ = predict
@@ -190,9 +211,11 @@ class RexOmni:
         return results[0] if single else results
 
     def prepare(self, images, task: str = "detection", categories=None, *, negatives=None, negative_boxes=None,
-                visual_prompt=None, keypoint_names=None) -> list[dict]:
+                visual_prompt=None, keypoint_names=None, negatives_in_prompt: bool = True) -> list[dict]:
         """Load the images and build each one's prompt: a list of requests with ``image`` (RGB PIL),
-        ``width``, ``height``, ``prompt`` (the user text) and ``phrases`` (the names it may answer)."""
+        ``width``, ``height``, ``prompt`` (the user text), ``phrases`` (the names it may answer),
+        ``negatives`` (phrases; "auto" resolved) and ``negative_boxes`` (in the prompt unless
+        ``negatives_in_prompt`` is False)."""
         task = canonical_task(task)
         image_list = list(images) if isinstance(images, (list, tuple)) else [images]
         n = len(image_list)
@@ -200,12 +223,13 @@ class RexOmni:
             self._request(task, image, _pick(categories, i, n, depth=1), _pick(negatives, i, n, depth=1),
                           _pick(negative_boxes, i, n, depth=1, boxes=True),
                           _pick(visual_prompt, i, n, depth=(1, 2), boxes=True),
-                          _pick(keypoint_names, i, n, depth=1))
+                          _pick(keypoint_names, i, n, depth=1), negatives_in_prompt)
             for i, image in enumerate(image_list)
         ]
 
     # ------------------------------------------------------------------ internals
-    def _request(self, task, image, categories, negatives, negative_boxes, visual_prompt, keypoint_names) -> dict:
+    def _request(self, task, image, categories, negatives, negative_boxes, visual_prompt, keypoint_names,
+                 negatives_in_prompt: bool = True) -> dict:
         pil = load_image(image)
         width, height = pil.size
         if task == "keypoint":
@@ -217,15 +241,19 @@ class RexOmni:
             categories = [categories]
         if task == "visual_prompting" and visual_prompt is not None and not isinstance(visual_prompt, dict):
             visual_prompt = _as_box_groups(visual_prompt)
+        if negatives == "auto":
+            negatives = auto_negatives(categories or [])
         prompt = build_prompt(task, categories or [], width=width, height=height, codec=self.codec,
                               visual_prompt=visual_prompt, keypoint_names=keypoint_names,
-                              negatives=negatives or (), negative_boxes=negative_boxes or ())
+                              negatives=(negatives or ()) if negatives_in_prompt else (),
+                              negative_boxes=(negative_boxes or ()) if negatives_in_prompt else ())
         if task == "visual_prompting":
             names = list(visual_prompt) if isinstance(visual_prompt, dict) else \
                 [f"object_{i + 1}" for i in range(len(visual_prompt))]
         else:
             names = list(categories or [])
-        return {"image": fit_aspect_ratio(pil), "width": width, "height": height, "prompt": prompt, "phrases": names}
+        return {"image": fit_aspect_ratio(pil), "width": width, "height": height, "prompt": prompt, "phrases": names,
+                "negatives": list(negatives or ()), "negative_boxes": list(negative_boxes or ())}
 
     def chat_text(self, prompt: str) -> str:
         """The full model input text for one image and prompt (generation prompt included)."""

@@ -8,6 +8,8 @@ import sys
 
 from .checkpoint import DEFAULT_MODEL
 from .cli import build_parser
+from .negatives import DEFAULT_BETA, DEFAULT_THRESHOLD
+from .tasks import get_task
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -28,10 +30,24 @@ def expand_images(sources: list[str]) -> list[str]:
 
 
 def detect_main(argv: list[str] | None = None) -> int:
-    parser = build_parser("detect", "Detect categories in images; write one JSON line per image.")
+    parser = build_parser("detect", "Detect categories in images (without --categories: everything the model "
+                                    "sees, named by it); write one JSON line per image.")
     parser.add_argument("images", nargs="+", help="image files, directories or http(s) URLs")
-    parser.add_argument("--categories", required=True, help="comma-separated categories, e.g. person,dog")
-    parser.add_argument("--negatives", default=None, help="comma-separated phrases NOT to detect")
+    parser.add_argument("--categories", default=None,
+                        help="comma-separated categories, e.g. person,dog (left out: the detect_all task, "
+                             "the model names the objects)")
+    parser.add_argument("--negatives", default=None,
+                        help="comma-separated phrases NOT to detect, or 'auto' (look-alikes of the categories)")
+    parser.add_argument("--suppress", action="store_true",
+                        help="drop boxes that score like a negative (NNC, docs/negatives.md); needs --negatives")
+    parser.add_argument("--suppress-beta", type=float, default=DEFAULT_BETA, help="NNC's weight of the negatives")
+    parser.add_argument("--suppress-threshold", type=float, default=DEFAULT_THRESHOLD,
+                        help="NNC keeps boxes with sigmoid(S_pos - beta * max S_neg) at or above this")
+    parser.add_argument("--ood", action="store_true",
+                        help="add ood_scores (high: a known category) to every box; needs --negatives")
+    parser.add_argument("--score-negatives-only", action="store_true",
+                        help="use --negatives only to rescore boxes (--suppress, --ood), not in the prompt: for "
+                             "models never trained with negatives")
     parser.add_argument("--task", default="detection", help="detection, pointing, ocr_box, ... (see docs/api.md)")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="checkpoint folder or hub id (default: the small model shipped with rexomni)")
@@ -53,9 +69,16 @@ def detect_main(argv: list[str] | None = None) -> int:
     from .api import RexOmni
     from .images import ImageLoadError, load_image
 
-    categories = _split(args.categories)
-    if not categories:
+    task, categories = args.task, _split(args.categories) if args.categories is not None else None
+    if categories == []:
         parser.error("--categories needs at least one category")
+    if categories is None and get_task(task).name == "detection":
+        task = "detect_all"  # no categories: the model names what it sees
+    elif categories is None and get_task(task).asks_categories:
+        parser.error(f"--task {task} needs --categories")
+    negatives = "auto" if args.negatives == "auto" else _split(args.negatives)
+    if (args.suppress or args.ood) and not negatives:
+        parser.error("--suppress and --ood compare each box with negatives: give --negatives")
     images = expand_images(args.images)
     if not images:
         parser.error("no images found")
@@ -79,8 +102,11 @@ def detect_main(argv: list[str] | None = None) -> int:
                     skipped += 1
                     print(f"rexomni detect: skipped: {e}", file=sys.stderr)
             if loaded:
-                results = model.predict([img for _, img in loaded], task=args.task, categories=categories,
-                                        negatives=_split(args.negatives), constrained=not args.no_constrained,
+                results = model.predict([img for _, img in loaded], task=task, categories=categories,
+                                        negatives=negatives, negatives_in_prompt=not args.score_negatives_only,
+                                        suppress=args.suppress, ood=args.ood,
+                                        suppress_beta=args.suppress_beta,
+                                        suppress_threshold=args.suppress_threshold, constrained=not args.no_constrained,
                                         max_boxes=args.max_boxes, max_new_tokens=args.max_new_tokens,
                                         batch_size=args.batch_size)
                 for (path, img), result in zip(loaded, results):

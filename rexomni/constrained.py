@@ -6,28 +6,35 @@ masks every token that could not continue a well-formed answer (see :mod:`rexomn
 - an answer is groups joined by ", " and ends with ``<|im_end|>``;
 - a group opens with ``<|object_ref_start|>``, names one of the requested phrases (token by token,
   as the tokenizer spells it; each phrase at most once) and closes it with ``<|object_ref_end|>``;
-- after ``<|box_start|>`` only coordinate tokens, ``,`` between items, ``None`` (alone) and
-  ``<|box_end|>`` once an item is complete; an item has exactly the task's number of coordinates
-  (4 for a box, 2 for a point, an even number >= 6 for a polygon), and a box never has x1 < x0 or
-  y1 < y0;
+- after ``<|box_start|>`` only coordinate tokens, ``,`` between items, ``None`` (alone, and only
+  for an asked phrase) and ``<|box_end|>`` once an item is complete; an item has exactly the task's
+  number of coordinates (4 for a box, 2 for a point, an even number >= 6 for a polygon), and a box
+  never has x1 < x0 or y1 < y0;
 - an item identical to one already written for the same phrase cannot be completed;
 - at most ``max_boxes`` items in the answer;
 - the answer always closes within ``max_new_tokens``: a token is allowed only if the shortest
   well-formed ending still fits in the tokens left.
 
-Free phrases (OCR: the phrase is the recognised text) allow any ordinary token, up to
-``max_phrase_tokens``. Keypoint answers (JSON) are not constrained.
+Free phrases (OCR: the recognised text; ``detect_all``: the names the model gives what it sees) allow
+any ordinary token whose text has no ``<`` or ``>`` (so no piece can spell a grammar marker or a
+coordinate), up to ``max_phrase_tokens`` tokens and ``MAX_PHRASE_CHARS`` characters. A free phrase
+closes only when its text (stripped, as the parser reads it) is not blank and not one already
+written: one group per phrase, as with a fixed list. When a single phrase token is left (a length
+bound or the token budget), it is one of the alphanumeric tokens that make the phrase new. A free
+phrase's group holds at least one item: ``None`` answers an asked phrase, and nothing was asked.
+Keypoint answers (JSON) are not constrained.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from transformers import LogitsProcessor
 
-from .grammar import ITEM_LENGTHS
+from .grammar import ITEM_LENGTHS, MAX_PHRASE_CHARS
 from .tokens import BOX_END, BOX_START, IM_END, NUM_BINS, OBJECT_REF_END, OBJECT_REF_START, coord_id_to_bin
 
 
@@ -54,10 +61,12 @@ class _Trie:
 class _Row:
     """Where one row of the batch is in the grammar."""
 
+    free: bool = False  # the row writes free phrases (no list of names)
     state: str = "start"  # start | phrase | ref_end | items | after_group | done
     pending: list[int] = field(default_factory=list)  # rest of a multi-token literal being written
     node: dict | None = None  # phrase trie node (None for free phrases)
     phrase_tokens: list[int] = field(default_factory=list)
+    phrase_text: str = ""  # a free phrase so far, decoded
     phrase: str | None = None
     used: set = field(default_factory=set)  # phrases already written
     item: list[int] = field(default_factory=list)  # bins of the open item
@@ -101,12 +110,9 @@ class GrammarConstrainedLogitsProcessor(LogitsProcessor):
         self.none_seq = self._encode("None")
         self.comma_seq = self._encode(",")
         self.group_sep_seq = self._encode(", ")
-        # Cheapest body of a group: "None" or one item.
+        # Cheapest body of a group: "None" or one item (free phrases: one item, since nothing was asked).
         self.min_body = min(len(self.none_seq), self.item_len)
-        # Free phrases may use any token that is not a special, added or coordinate token.
-        excluded = set(tokenizer.all_special_ids) | set(coord_ids)
-        excluded |= set(tokenizer.get_added_vocab().values())
-        self.free_phrase_ids = torch.tensor([i for i in range(len(tokenizer)) if i not in excluded])
+        self.free: _FreeVocabulary | None = None  # built when a row has free phrases
         self.phrases = phrases
         self.rows: list[_Row] | None = None
         self.tries: list[_Trie | None] = []
@@ -124,7 +130,9 @@ class GrammarConstrainedLogitsProcessor(LogitsProcessor):
         else:
             per_row = phrases
         self.tries = [None if p is None else _Trie({q: self._encode(q) for q in p}) for p in per_row]
-        self.rows = [_Row() for _ in range(batch)]
+        if any(trie is None for trie in self.tries):
+            self.free = _free_vocabulary(self.tokenizer)
+        self.rows = [_Row(free=trie is None) for trie in self.tries]
 
     # ------------------------------------------------------------------ transitions
     def _advance(self, i: int, tok: int) -> None:
@@ -133,7 +141,7 @@ class GrammarConstrainedLogitsProcessor(LogitsProcessor):
             row.pending.pop(0)
         elif row.state == "start":
             if tok == self.ref_start:
-                row.state, row.node, row.phrase_tokens = "phrase", self._open_trie(i), []
+                row.state, row.node, row.phrase_tokens, row.phrase_text = "phrase", self._open_trie(i), [], ""
             else:
                 row.state = "done"
         elif row.state == "after_group":
@@ -148,6 +156,9 @@ class GrammarConstrainedLogitsProcessor(LogitsProcessor):
                 row.phrase_tokens.append(tok)
                 if row.node is not None:
                     row.node = row.node.get(tok, {})
+                else:
+                    row.phrase_text = self.tokenizer.decode(row.phrase_tokens, skip_special_tokens=False,
+                                                            clean_up_tokenization_spaces=False)
         elif row.state == "ref_end":
             row.state, row.item, row.after_item, row.group_items, row.saw_none = "items", [], False, 0, False
         elif row.state == "items":
@@ -184,7 +195,7 @@ class GrammarConstrainedLogitsProcessor(LogitsProcessor):
     def _phrase_name(self, row: _Row) -> str:
         if row.node is not None and None in row.node:
             return row.node[None]
-        return self.tokenizer.decode(row.phrase_tokens)
+        return row.phrase_text.strip()
 
     # ------------------------------------------------------------------ what may come next
     def _polygon_complete(self, row: _Row) -> bool:
@@ -197,7 +208,10 @@ class GrammarConstrainedLogitsProcessor(LogitsProcessor):
         """Fewest tokens for a new group and the end: markers, shortest phrase, body, <|im_end|>."""
         trie = self.tries[i]
         shortest = 1 if trie is None else _Trie.depth_to_end(_prune(trie.root, self.rows[i].used) or {None: ""})
-        return 1 + shortest + 2 + self.min_body + 2
+        return 1 + shortest + 2 + self._min_body(self.rows[i]) + 2
+
+    def _min_body(self, row: _Row) -> int:
+        return self.item_len if row.free else self.min_body
 
     def _can_open_group(self, i: int, remaining: int) -> bool:
         row = self.rows[i]
@@ -226,16 +240,23 @@ class GrammarConstrainedLogitsProcessor(LogitsProcessor):
 
     def _allowed_phrase(self, row: _Row, remaining: int) -> torch.Tensor | list[int]:
         # after this token: the rest of the phrase, <|object_ref_end|>, <|box_start|>, body, <|box_end|>, <|im_end|>
-        tail = 2 + self.min_body + 2
-        if row.node is None:  # free text
-            close = [self.ref_end] if row.phrase_tokens else []
-            if len(row.phrase_tokens) < self.max_phrase_tokens and 1 + tail <= remaining:
-                return torch.cat([self.free_phrase_ids, torch.tensor(close, dtype=torch.long)])
-            return close or [self.ref_end]
+        tail = 2 + self._min_body(row) + 2
+        if row.node is None:
+            return self._allowed_free_phrase(row, remaining, tail)
         allowed = [self.ref_end] if None in row.node else []
         allowed += [tok for tok, child in row.node.items()
                     if tok is not None and 1 + _Trie.depth_to_end(child) + tail <= remaining]
         return allowed or [self.ref_end]
+
+    def _allowed_free_phrase(self, row: _Row, remaining: int, tail: int) -> torch.Tensor | list[int]:
+        text = row.phrase_text.strip()
+        close = torch.tensor([self.ref_end] if text and text not in row.used else [], dtype=torch.long)
+        n, room = len(row.phrase_tokens), MAX_PHRASE_CHARS - int(self.free.lengths[row.phrase_tokens].sum())
+        if n + 1 < self.max_phrase_tokens and 2 + tail <= remaining and room > 1:  # a token may follow this one
+            return torch.cat([self.free.continuing(room), close])
+        if n < self.max_phrase_tokens and 1 + tail <= remaining:  # the last one: it must make the phrase new
+            return torch.cat([self.free.closers_making_new(row.phrase_text, row.used, room), close])
+        return close if len(close) else [self.ref_end]  # by the rules above close is never empty here
 
     def _allowed_items(self, row: _Row, remaining: int) -> torch.Tensor | list[int]:
         def fits(cost_after: int) -> bool:
@@ -253,7 +274,7 @@ class GrammarConstrainedLogitsProcessor(LogitsProcessor):
                 allowed.append(self.comma_seq[0])
             coords = self.polygon and fits(1 + 2)  # extend the polygon by a point
         elif n == 0 and row.group_items == 0:
-            if fits(len(self.none_seq) - 1 + 2):
+            if not row.free and fits(len(self.none_seq) - 1 + 2):  # a free phrase names something seen
                 allowed.append(self.none_seq[0])
             coords = not self._cap_reached(row) and fits(self.item_len - 1 + 2)
         else:
@@ -294,6 +315,49 @@ class GrammarConstrainedLogitsProcessor(LogitsProcessor):
             scores[i].fill_(float("-inf"))
             scores[i, index] = kept
         return scores
+
+
+class _FreeVocabulary:
+    """The tokens a free phrase may use, per tokenizer (built once: a scan of the whole vocabulary).
+
+    ``ids``: every token that is not special, added or a coordinate, and whose text has no ``<`` or
+    ``>``. ``closers``: those whose text is ASCII letters and digits only; such a token appends its
+    text unchanged when decoded after any prefix, so the phrase it completes is known in advance.
+    ``lengths``: per token id, the characters of its byte-level piece, at least what it decodes to;
+    their sum bounds a phrase's length in characters (``MAX_PHRASE_CHARS``, as vLLM's regex does).
+    """
+
+    def __init__(self, tokenizer):
+        excluded = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
+        pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        # Byte-level BPE spells printable ASCII as itself, so the piece shows "<", ">" and plain words.
+        usable = {i: p for i, p in enumerate(pieces) if i not in excluded and "<" not in p and ">" not in p}
+        self.ids = torch.tensor(sorted(usable), dtype=torch.long)
+        self.lengths = torch.tensor([len(p or "") for p in pieces], dtype=torch.long)
+        self.closers = {p: i for i, p in usable.items() if p.isascii() and p.isalnum()}
+        self.closer_ids = torch.tensor(sorted(self.closers.values()), dtype=torch.long)
+
+    def continuing(self, room: int) -> torch.Tensor:
+        """Tokens that leave at least one character of ``room`` for a closer after them."""
+        return self.ids[self.lengths[self.ids] < room]
+
+    def closers_making_new(self, prefix: str, used: set, room: int) -> torch.Tensor:
+        """Closers of at most ``room`` characters that turn ``prefix`` (decoded, unstripped) into a
+        phrase not in ``used``."""
+        start = prefix.lstrip()
+        taken = [self.closers.get(u[len(start):]) for u in used if u.startswith(start)]
+        keep = self.lengths[self.closer_ids] <= room
+        keep &= ~torch.isin(self.closer_ids, torch.tensor([t for t in taken if t is not None], dtype=torch.long))
+        return self.closer_ids[keep]
+
+
+_FREE_VOCABULARIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _free_vocabulary(tokenizer) -> _FreeVocabulary:
+    if tokenizer not in _FREE_VOCABULARIES:
+        _FREE_VOCABULARIES[tokenizer] = _FreeVocabulary(tokenizer)
+    return _FREE_VOCABULARIES[tokenizer]
 
 
 def _prune(node: dict, used: set) -> dict:

@@ -4,6 +4,9 @@
     group  := <|object_ref_start|> PHRASE <|object_ref_end|> <|box_start|> (items | "None") <|box_end|>
     items  := item ("," item)*       item := 4 tokens (box) | 2 (point) | 6+ even (polygon)
 
+PHRASE is one of the asked names, or free text the model writes (OCR: the text it read; ``detect_all``:
+the names it gives the objects), never with ``<`` or ``>``. A phrase names one group: it does not repeat.
+
 Keypoint answers are a ```json block, one key per instance, each with ``bbox`` and ``keypoints``
 (name -> " <x> <y> " or "unvisible"). See docs/format.md.
 
@@ -27,6 +30,7 @@ from .tokens import BOX_END, BOX_START, END_OF_TEXT, IM_END, OBJECT_REF_END, OBJ
 # Coordinates per item: a box 4, a point 2, a polygon at least 6 (and even). The parser, the
 # constrained decoder and the vLLM regular expression all read this.
 ITEM_LENGTHS = {"box": 4, "point": 2, "polygon": 6}
+MAX_PHRASE_CHARS = 200  # a free phrase (OCR, detect_all) at most, in characters; both constraints hold it
 MAX_PROBLEMS = 20
 UNVISIBLE = "unvisible"
 
@@ -208,7 +212,8 @@ def parse_output(text: Any, width: float, height: float, codec: str | CoordCodec
         out._problem("empty answer")
         return out
     reader = _Reader(text, width, height, codec, out)
-    if '"bbox"' in text and ("```" in text or '"keypoints"' in text):
+    # A grouped answer opens with a marker: its phrases (free text) may say "bbox" without being JSON.
+    if '"bbox"' in text and ("```" in text or '"keypoints"' in text) and not _MARKER.match(text.lstrip()):
         reader.keypoints()
     elif _MARKER.search(text):
         reader.groups()
@@ -413,15 +418,17 @@ def answer_regex(phrases: Sequence[str] | None, item: str = "box", max_items_per
     """A regular expression that matches exactly the answers the grammar writes, for engines that
     constrain decoding by regex (vLLM's structured outputs).
 
-    ``phrases`` None allows any phrase text without markers (OCR). What a regex cannot state cheaply
-    (x1 >= x0, no repeated item, the token budget) is left to :mod:`rexomni.constrained`.
+    ``phrases`` None allows free phrase text (OCR, ``detect_all``): no ``<`` or ``>``, not blank, at most
+    ``MAX_PHRASE_CHARS`` after leading whitespace. What a regex cannot state cheaply (x1 >= x0, no repeated
+    item, no repeated free phrase, the token budget) is left to :mod:`rexomni.constrained`.
     """
     coord = r"<(?:[0-9]|[1-9][0-9]|[1-9][0-9][0-9])>"
     n = ITEM_LENGTHS[item]
     unit = f"(?:{coord}){{{n}}}" if item != "polygon" else f"(?:{coord}{coord}){{{n // 2},}}"
-    phrase = "(?:" + "|".join(re.escape(p) for p in phrases) + ")" if phrases else r"[^<>]{1,200}"
+    free = rf"\s{{0,{MAX_PHRASE_CHARS}}}[^<>\s][^<>]{{0,{MAX_PHRASE_CHARS}}}"  # not blank, no marker piece
+    phrase = "(?:" + "|".join(re.escape(p) for p in phrases) + ")" if phrases else free
     more = "*" if max_items_per_group is None else f"{{0,{max(0, max_items_per_group - 1)}}}"
-    body = f"(?:None|{unit}(?:,{unit}){more})"
+    body = f"{unit}(?:,{unit}){more}" if not phrases else f"(?:None|{unit}(?:,{unit}){more})"  # None: asked, absent
     group = (re.escape(OBJECT_REF_START) + phrase + re.escape(OBJECT_REF_END) + re.escape(BOX_START) + body
              + re.escape(BOX_END))
     return f"{group}(?:, {group})*"

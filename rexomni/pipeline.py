@@ -6,7 +6,8 @@
     # [{"score": 0.93, "label": "dog", "box": {"xmin": ..., "ymin": ..., "xmax": ..., "ymax": ...}}, ...]
 
 It answers the ``zero-shot-object-detection`` call shape (``candidate_labels``, ``threshold``,
-``top_k``; a list of images or of ``{"image", "candidate_labels"}`` dicts gives a list of lists)
+``top_k``; a list of images or of ``{"image", "candidate_labels"}`` dicts gives a list of lists;
+an image without candidate labels is asked ``detect_all``, and its labels are the names the model wrote)
 and runs the batch through :class:`rexomni.api.RexOmni`, so prompts, scores, constrained decoding
 and the checkpoint's settings are the same as with the API. Extra keywords (``negatives``,
 ``max_new_tokens``, ``task``, ...) go to :meth:`RexOmni.predict`.
@@ -25,6 +26,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 from .api import RexOmni
 from .checkpoint import DEFAULT_MODEL_DIR, load_checkpoint
+from .tasks import get_task
 
 TASK_NAME = "rex-omni"
 _CALL_KEYS = ("threshold", "top_k")
@@ -73,10 +75,21 @@ class RexOmniPipeline(Pipeline):
         return inputs
 
     def _forward(self, model_inputs, task: str = "detection", **kwargs):
-        labels = model_inputs["labels"]
-        if any(not x for x in labels) and task in ("detection", "detect", "pointing", "point"):
-            raise ValueError("rex-omni pipeline: give candidate_labels (the categories to detect)")
-        return self.detector.predict(list(model_inputs["images"]), task=task, categories=labels, **kwargs)
+        images, labels = list(model_inputs["images"]), model_inputs["labels"]
+        if get_task(task).name == "detection" and not all(labels):
+            # Without candidate_labels the model names what it sees (detect_all); images with labels
+            # are asked for them in a call of their own.
+            results = [None] * len(images)
+            for labelled in (True, False):
+                index = [i for i, x in enumerate(labels) if bool(x) == labelled]
+                asked = [labels[i] for i in index] if labelled else None
+                if index:
+                    for i, result in zip(index, self.detector.detect([images[i] for i in index], asked, **kwargs)):
+                        results[i] = result
+            return results
+        if not all(labels) and get_task(task).asks_categories:
+            raise ValueError(f"rex-omni pipeline: task {task!r} needs candidate_labels")
+        return self.detector.predict(images, task=task, categories=labels if any(labels) else None, **kwargs)
 
     def postprocess(self, result, threshold: float = 0.0, top_k: int | None = None):
         detections = [d for d in result.to_pipeline() if not d["score"] < threshold]

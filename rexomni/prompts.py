@@ -88,6 +88,16 @@ TRAIN_POOLS: dict[str, list[str]] = {
         "Point to the following: {categories}.",
         "Locate each {categories} as a point.",
     ],
+    "detect_all": [
+        TEMPLATES["detect_all"],
+        "Detect all objects in the image.",
+        "Find every object in this picture and name it.",
+        "What objects are in the image? Give their names and bounding boxes.",
+        "Locate and name everything you can see.",
+        "List all objects with their bounding boxes.",
+        "Box every object in the image and say what it is.",
+        "Detect and name all objects. Output [x0, y0, x1, y1] for each one.",
+    ],
     "visual_prompting": [
         TEMPLATES["visual_prompting"],
         "Reference boxes {visual_prompt} show examples. Find all similar objects and output their boxes.",
@@ -256,7 +266,8 @@ def build_prompt(
     ``visual_prompt`` (visual_prompting) is a list of box groups or a mapping name -> boxes, in pixels.
     ``keypoint_names`` default to the person list. Negative phrases and boxes are appended.
     """
-    task = get_task(task).name
+    spec = get_task(task)
+    task = spec.name
     template = template or TEMPLATES[task]
     fields = {"categories": join_categories(categories)}
     if task == "visual_prompting":
@@ -265,8 +276,10 @@ def build_prompt(
         fields["visual_prompt"] = visual_prompt_json(visual_prompt, width, height, codec)
     if task == "keypoint":
         fields["keypoints"] = ", ".join(keypoint_names or PERSON_KEYPOINTS)
-    elif not fields["categories"] and task != "visual_prompting":
+    elif not fields["categories"] and spec.asks_categories:
         raise ValueError(f"task {task!r} needs at least one category")
+    elif fields["categories"] and spec.free_phrases and not spec.asks_categories:
+        raise ValueError(f"task {task!r} names what it sees itself: it takes no categories")
     prompt = template.format(**fields)
     negative = negative_conditioning(negatives, negative_boxes, width, height, codec)
     return f"{prompt} {negative}" if negative else prompt

@@ -36,6 +36,9 @@ class Result:
     polygons: list[np.ndarray] | None = None
     keypoints: list[dict[str, list[float] | None]] | None = None
     absent: list[str] = field(default_factory=list)  # phrases the model answered with None
+    # Per item, with negatives and ood=True (rexomni.negatives): high for a known category, low for an
+    # out-of-distribution object.
+    ood_scores: np.ndarray | None = None
     raw_text: str = ""
     problems: list[str] = field(default_factory=list)
     num_prompt_tokens: int = 0
@@ -59,7 +62,7 @@ class Result:
             self, labels=pick(self.labels), scores=self.scores[keep],
             boxes=self.boxes[keep] if len(self.boxes) == len(keep) else self.boxes,  # points carry no boxes
             points=None if self.points is None else self.points[keep], polygons=pick(self.polygons),
-            keypoints=pick(self.keypoints))
+            keypoints=pick(self.keypoints), ood_scores=None if self.ood_scores is None else self.ood_scores[keep])
 
     def filter(self, min_score: float) -> Result:
         """A copy without the items scoring below ``min_score`` (items without a score are kept)."""
@@ -80,6 +83,8 @@ class Result:
             out["polygons"] = [np.asarray(p, dtype=float).tolist() for p in self.polygons]
         if self.keypoints is not None:
             out["keypoints"] = self.keypoints
+        if self.ood_scores is not None:
+            out["ood_scores"] = [float(s) for s in self.ood_scores]
         return out
 
     def to_coco(self, image_id: int, category_ids: dict[str, int] | None = None) -> list[dict[str, Any]]:

@@ -1,8 +1,9 @@
 """The task vocabulary: one table that the API, the prompts, the data engines, evaluation and training read.
 
 A task here is what the model is asked: its name, the released prompt wording, the kind of item
-the answer lists (box, point, polygon or keypoints) and whether the phrases are free text (OCR:
-the phrase is the text the model read). Aliases are the other names the project's parts use for
+the answer lists (box, point, polygon or keypoints) and whether the phrases are free text, written
+by the model rather than chosen from the asked names (OCR: the text it read; ``detect_all``: the
+names it gives what it sees). Aliases are the other names the project's parts use for
 the same prompt: the short API names (``detect``, ``point``), the training builders that ask the
 detection prompt (``grounding``, ``referring``) and the benchmark tasks (``language``).
 
@@ -21,7 +22,12 @@ class Task:
     template: str               # the released wording, verbatim
     item: str                   # box | point | polygon | keypoints
     aliases: tuple[str, ...] = ()
-    free_phrases: bool = False  # the phrase is free text (recognised text), not one of the asked names
+    free_phrases: bool = False  # the model writes the phrases (recognised text, names it chooses)
+
+    @property
+    def asks_categories(self) -> bool:
+        """Whether the prompt names categories (``detect_all`` and visual prompting do not)."""
+        return "{categories}" in self.template
 
 
 ITEM_KINDS = ("box", "point", "polygon", "keypoints")
@@ -30,6 +36,10 @@ _TASK_LIST = (
     Task("detection", "Detect {categories}. Output the bounding box coordinates in [x0, y0, x1, y1] format.",
          "box", aliases=("detect", "grounding", "referring", "language")),
     Task("pointing", "Point to {categories}.", "point", aliases=("point",)),
+    # Detection without a category list: the model names what it sees (grouped as usual, one group per
+    # name). Not a released task; the wording follows the released detection prompt.
+    Task("detect_all", "Detect all objects in the image. Output the bounding box coordinates in [x0, y0, x1, y1] "
+         "format.", "box", free_phrases=True),
     Task("visual_prompting",
          "Given reference boxes {visual_prompt} indicating one or more objects, find all similar "
          "objects in the image and output their bounding boxes.",

@@ -150,6 +150,11 @@ class SFTConfig(TrainingArguments):
                                      "the one-hot target.", 1.0)
     extra_loss: str | None = _help("package.module:function adding a loss, called as fn(model=, inputs=, outputs=, "
                                    "labels=) and returning a tensor or (tensor, {name: float}) (the dict is logged).")
+    negative_hinge_weight: float = _help("> 0: add the negative hinge loss (NNH, docs/negatives.md) with this weight: "
+                                         "a ground-truth box must be eta nats per coordinate token more likely under "
+                                         "its phrase than under each negative phrase of its prompt. 0: off.", 0.0)
+    negative_hinge_eta: float = _help("The hinge's margin eta, in nats per coordinate token.", 0.3)
+    negative_hinge_max_negatives: int = _help("Negative phrases an example's box is scored under, at most.", 4)
 
     model_args: ModelArguments | None = field(default=None, init=False, repr=False)
 
@@ -163,6 +168,9 @@ class SFTConfig(TrainingArguments):
                 raise ValueError(f"config: {name} must be >= 1, got {getattr(self, name)}")
         if self.soft_label_sigma < 0 or not 0 <= self.soft_label_weight <= 1:
             raise ValueError("config: need soft_label_sigma >= 0 and 0 <= soft_label_weight <= 1")
+        if self.negative_hinge_weight < 0 or self.negative_hinge_eta < 0 or self.negative_hinge_max_negatives < 1:
+            raise ValueError("config: need negative_hinge_weight >= 0, negative_hinge_eta >= 0 and "
+                             "negative_hinge_max_negatives >= 1")
         self.bf16 = resolve_bf16(self.bf16)
         self.dataloader_pin_memory = self.dataloader_pin_memory and torch.cuda.is_available()  # pinning needs a GPU
         prepare_cpu_processes(self)  # before TrainingArguments sets up the devices

@@ -12,7 +12,8 @@ Three pieces, each usable alone:
   the same index gives the same example in every process and after a resume.
 - :class:`SFTCollator`: pads a list of encoded examples into a batch, with images of different
   sizes (their patches are concatenated, as Qwen2.5-VL expects), and adds ``mm_token_type_ids``:
-  without it Qwen2.5-VL silently falls back to 1-D positions for the image tokens.
+  without it Qwen2.5-VL silently falls back to 1-D positions for the image tokens. With the negative
+  hinge loss on, it also packs the loss's scoring rows (``hinge_*``; rexomni.sft.losses).
 """
 
 from __future__ import annotations
@@ -43,13 +44,17 @@ class ExampleEncoder:
     patch, merge and temporal patch sizes, mean and std); nothing is hard-coded here.
     """
 
-    def __init__(self, processor, system_prompt: str | None, max_length: int = 4096):
+    def __init__(self, processor, system_prompt: str | None, max_length: int = 4096, hinge_codec: str | None = None,
+                 hinge_max_negatives: int = 4):
+        """``hinge_codec``: also encode the negative hinge loss's scoring texts (:meth:`hinge_suffixes`), with
+        the coordinate codec of the model being trained; None: not needed (the loss is off)."""
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
         self._smart_resize = smart_resize
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.max_length = max_length
+        self.hinge_codec, self.hinge_max_negatives = hinge_codec, hinge_max_negatives
         ip = processor.image_processor
         self.patch_size, self.merge_size = int(ip.patch_size), int(ip.merge_size)
         self.temporal_patch_size = int(ip.temporal_patch_size)
@@ -125,7 +130,28 @@ class ExampleEncoder:
             if ids[self.max_length - 1 :].count(self.image_token_id):
                 raise ValueError(f"max_length {self.max_length} cuts into the image tokens ({num_image_tokens})")
             ids, labels = ids[: self.max_length], labels[: self.max_length]
-        return {"input_ids": ids, "labels": labels, "pixel_values": pixel_values, "image_grid_thw": grid}
+        item = {"input_ids": ids, "labels": labels, "pixel_values": pixel_values, "image_grid_thw": grid}
+        if with_answer and self.hinge_codec:
+            item["hinge_suffixes"] = self.hinge_suffixes(example)
+        return item
+
+    def hinge_suffixes(self, example: dict) -> list[list[int]]:
+        """Token ids that follow the image when the example's first ground-truth box is scored under its
+        phrase (first) and under each negative phrase of the prompt (rexomni.negatives.Variant); empty
+        when the example has no negative phrase or no box of a named phrase (visual prompts, points)."""
+        from rexomni.codec import get_codec
+        from rexomni.negatives import Variant
+        from rexomni.prompts import box_tokens
+
+        negatives = list((example.get("negatives") or {}).get("phrases", []))[: self.hinge_max_negatives]
+        if not negatives or example.get("task") not in ("grounding", "referring"):
+            return []
+        target = next((t for t in example["targets"] if t.get("bbox") is not None), None)
+        if target is None:
+            return []
+        box = box_tokens(target["bbox"], example["width"], example["height"], get_codec(self.hinge_codec))
+        return [self.tokenizer.encode(Variant.phrase(p).scoring_text(self._tail, box), add_special_tokens=False)
+                for p in [target["phrase"]] + negatives]
 
 
 class MixtureDataset(torch.utils.data.Dataset):
@@ -188,6 +214,24 @@ class SFTCollator:
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         if not features:
             raise ValueError("cannot collate an empty list of examples")
+        batch = self._pad(features)
+        if any(f.get("hinge_suffixes") for f in features):
+            batch.update(self._hinge_rows(features))
+        return batch
+
+    def _hinge_rows(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        """The hinge loss's scoring rows (rexomni.sft.losses.NegativeHingeLoss): ``hinge_ids`` right-padded,
+        ``hinge_lengths``, ``hinge_example`` (the row's example in the batch), ``hinge_positive`` (its phrase
+        is the box's own; the other rows of the example are its negatives)."""
+        rows = [(i, j == 0, ids) for i, f in enumerate(features) for j, ids in enumerate(f.get("hinge_suffixes", []))]
+        ids = torch.full((len(rows), max(len(r[2]) for r in rows)), self.pad_token_id, dtype=torch.long)
+        for k, (_, _, row) in enumerate(rows):
+            ids[k, : len(row)] = torch.as_tensor(row)
+        return {"hinge_ids": ids, "hinge_lengths": torch.tensor([len(r[2]) for r in rows]),
+                "hinge_example": torch.tensor([r[0] for r in rows]),
+                "hinge_positive": torch.tensor([r[1] for r in rows])}
+
+    def _pad(self, features: list[dict]) -> dict[str, torch.Tensor]:
         length = max(len(f["input_ids"]) for f in features)
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of

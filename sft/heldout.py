@@ -7,7 +7,7 @@ uses. Each training task that a benchmark task scores gets its own set:
 | training task | benchmark task (``rexomni eval``) | asked |
 |---|---|---|
 | grounding | detection | every category of the sample (absent ones answered None) |
-| referring | referring | the phrases present in the image |
+| referring | referring | each phrase present in the image, in a request of its own |
 | pointing  | pointing  | the phrases present in the image |
 
 The model in training is wrapped in a :class:`rexomni.api.RexOmni` (same prompts, grammar-constrained
@@ -27,7 +27,7 @@ from rexomni.eval.runner import DatasetSpec, evaluate_samples
 from rexomni.api import RexOmni
 
 # training task -> (benchmark task, what is asked)
-HELDOUT_TASKS = {"grounding": ("detection", "categories"), "referring": ("referring", "present"),
+HELDOUT_TASKS = {"grounding": ("detection", "categories"), "referring": ("referring", "each"),
                  "pointing": ("pointing", "present")}
 # The metrics logged per set (the benchmark computes more; these are what a training curve needs).
 LOGGED = ("f1@0.5", "f1@mean", "mean_iou", "parsed_clean", "ref/acc@0.5", "point/f1", "coco/AP50")

@@ -7,7 +7,7 @@ Soft labels: a coordinate one bin off is nearly right, which plain cross-entropy
 project's from-scratch runs sigma 5 hurt (tiny model, single-shape scenes, 600 s: mean IoU 0.35 against
 0.96 for plain cross-entropy) and nothing has yet shown it helps.
 
-Extra losses (the negative-prompt hinge loss plugs in here) are callables
+Extra losses (:class:`NegativeHingeLoss`, the negative-prompt hinge, is one) are callables
 ``fn(model=, inputs=, outputs=, labels=) -> Tensor | (Tensor, dict of floats to log)``, named in
 the config as ``"package.module:function"``.
 """
@@ -107,3 +107,71 @@ def load_extra_loss(spec: str | None) -> ExtraLoss | None:
     if not callable(fn):
         raise ValueError(f"extra_loss {spec!r} is not callable")
     return fn
+
+
+# --------------------------------------------------------------------------- negative hinge loss (NNH)
+
+HINGE_KEYS = ("hinge_ids", "hinge_lengths", "hinge_example", "hinge_positive")  # collated by SFTCollator
+
+
+class NegativeHingeLoss:
+    """T-Rex-Omni's Negating Negative Hinge loss, carried to a model that writes coordinates:
+    ``weight * mean over (box, negative) pairs of max(0, S_neg - S_pos + eta)``.
+
+    ``S`` is the mean log-probability of a ground-truth box's four coordinate tokens, teacher-forced after
+    the released detection prompt for one phrase (rexomni.negatives): S_pos under the box's own phrase,
+    S_neg under a negative phrase of the same example. The loss is zero once every box is at least
+    ``eta`` nats per token more likely under its phrase than under each negative.
+
+    The rows (built by ``ExampleEncoder.hinge_suffixes``) are scored in one batched pass per batch that
+    shares each image's prefix (:func:`rexomni.negatives.suffix_logprobs`): a KV cache of the prefix
+    expanded over the rows, or, when activation checkpointing is on (transformers drops a KV cache inside
+    checkpointed layers), one forward over the stacked rows with each image encoded once.
+    Hook form: ``fn(model=, inputs=, outputs=, labels=) -> (tensor, logs)``.
+    """
+
+    def __init__(self, weight: float, eta: float, vision_end_id: int, pad_id: int):
+        if weight < 0 or eta < 0:
+            raise ValueError(f"the negative hinge needs weight >= 0 and eta >= 0, got {weight} and {eta}")
+        self.weight, self.eta, self.vision_end_id, self.pad_id = float(weight), float(eta), vision_end_id, pad_id
+
+    def __call__(self, model, inputs, outputs, labels):
+        from rexomni.negatives import suffix_logprobs
+
+        if "hinge_ids" not in inputs:
+            return torch.zeros((), device=labels.device), {}
+        owner = inputs["hinge_example"].tolist()
+        examples = sorted(set(owner))
+        lengths = inputs["hinge_lengths"].tolist()
+        suffixes = [row[:n] for row, n in zip(inputs["hinge_ids"].tolist(), lengths)]
+        checkpointing = any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+        scores = suffix_logprobs(model, self.image_prefixes(inputs, examples), [examples.index(e) for e in owner],
+                                 suffixes, share_prefix=not checkpointing, pad_id=self.pad_id)
+        positive = inputs["hinge_positive"].tolist()
+        own_row = {e: k for k, (e, p) in enumerate(zip(owner, positive)) if p}  # each example's positive row
+        negative_rows = [k for k, p in enumerate(positive) if not p]
+        margin = scores[[own_row[owner[k]] for k in negative_rows]] - scores[negative_rows]  # S_pos - S_neg
+        hinge = torch.relu(self.eta - margin)
+        loss = hinge.mean()
+        logs = {"hinge/loss": float(loss.detach()), "hinge/active": float((hinge > 0).float().mean()),
+                "hinge/margin": float(margin.detach().mean())}
+        return self.weight * loss, logs
+
+    def image_prefixes(self, inputs, examples: list[int]) -> dict:
+        """The prefixes (through ``<|vision_end|>``) of the batch's ``examples``, left-padded, with their images."""
+        ids = inputs["input_ids"]
+        rows = []
+        for e in examples:
+            end = (ids[e] == self.vision_end_id).nonzero()
+            if not len(end):
+                raise ValueError(f"example {e} of the batch has no image end token")
+            rows.append(ids[e, : int(end[0]) + 1])
+        length = max(len(r) for r in rows)
+        prefix_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long, device=ids.device)
+        mask = torch.zeros_like(prefix_ids)
+        for i, row in enumerate(rows):
+            prefix_ids[i, length - len(row):], mask[i, length - len(row):] = row, 1
+        grid = inputs["image_grid_thw"]
+        patches = torch.split(inputs["pixel_values"], grid.prod(-1).tolist())
+        return {"input_ids": prefix_ids, "attention_mask": mask, "image_grid_thw": grid[examples],
+                "pixel_values": torch.cat([patches[e] for e in examples])}

@@ -29,11 +29,12 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from rexomni.modeling import save_checkpoint
+from rexomni.tokens import VISION_END
 
 from .config import SFTConfig
 from .data import ExampleEncoder, MixtureDataset, SFTCollator
 from .heldout import evaluate_heldout, heldout_sets
-from .losses import CausalLMLoss, load_extra_loss
+from .losses import HINGE_KEYS, CausalLMLoss, NegativeHingeLoss, load_extra_loss
 from .model_setup import ModelBundle, count_by_part, load_model, parameter_groups, prepare_model
 
 logger = logging.getLogger(__name__)
@@ -89,13 +90,20 @@ class RexOmniSFTTrainer(RexOmniTrainerMixin, Trainer):
         super().__init__(*args, compute_loss_func=self.lm_loss_from_outputs, **kwargs)
         self.bundle = bundle
         self.lm_loss = CausalLMLoss(bundle.coord_ids, self.args.soft_label_sigma, self.args.soft_label_weight)
-        self.extra_loss = load_extra_loss(self.args.extra_loss)
+        self.extra_losses = [fn for fn in (load_extra_loss(self.args.extra_loss), self._hinge_loss(bundle)) if fn]
         self._tokens, self._last_log_time, self._extra_logs = 0, None, {}
 
     @property
     def sft_config(self) -> SFTConfig:
         """The run's config, the Trainer's ``args`` (what the callbacks read)."""
         return self.args
+
+    def _hinge_loss(self, bundle: ModelBundle) -> NegativeHingeLoss | None:
+        if not self.args.negative_hinge_weight:
+            return None
+        tokenizer = bundle.processor.tokenizer
+        return NegativeHingeLoss(self.args.negative_hinge_weight, self.args.negative_hinge_eta,
+                                 tokenizer.convert_tokens_to_ids(VISION_END), tokenizer.pad_token_id or 0)
 
     def lm_loss_from_outputs(self, outputs, labels, num_items_in_batch=None):
         return self.lm_loss(outputs.logits, labels, num_items_in_batch)
@@ -104,15 +112,20 @@ class RexOmniSFTTrainer(RexOmniTrainerMixin, Trainer):
         if model.training:
             self._tokens += int(inputs["attention_mask"].sum())
         labels = inputs["labels"]
-        if self.extra_loss is None:
+        # The hinge loss's rows are not model inputs: they go to the extra losses only.
+        extra_inputs = {k: inputs.pop(k) for k in HINGE_KEYS if k in inputs}
+        if not self.extra_losses:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
-        extra = self.extra_loss(model=model, inputs=inputs, outputs=outputs, labels=labels)
-        if isinstance(extra, tuple):
-            extra, self._extra_logs = extra
-        # The main loss is already normalised over the accumulated batch; the extra term is a
-        # per-batch mean, so it is divided by the accumulation steps here.
-        loss = loss + extra / self.current_gradient_accumulation_steps
+        self._extra_logs = {}
+        for fn in self.extra_losses:
+            extra = fn(model=model, inputs={**inputs, **extra_inputs}, outputs=outputs, labels=labels)
+            if isinstance(extra, tuple):
+                extra, logs = extra
+                self._extra_logs.update(logs)
+            # The main loss is already normalised over the accumulated batch; the extra term is a
+            # per-batch mean, so it is divided by the accumulation steps here.
+            loss = loss + extra / self.current_gradient_accumulation_steps
         return (loss, outputs) if return_outputs else loss
 
     def _get_train_sampler(self, train_dataset=None):
@@ -272,7 +285,9 @@ def run_sft(config: SFTConfig) -> dict[str, Any]:
     # and a preset's random model, built whole, is partitioned by the Trainer.
     bundle = load_model(config.model_args, seed=config.seed, bf16=config.bf16)
     model = prepare_model(bundle, config.model_args, config.activation_checkpointing)
-    encoder = ExampleEncoder(bundle.processor, config.system_prompt, config.max_length)
+    hinge_codec = bundle.settings.coord_codec if config.negative_hinge_weight else None
+    encoder = ExampleEncoder(bundle.processor, config.system_prompt, config.max_length, hinge_codec,
+                             config.negative_hinge_max_negatives)
     train_set, heldout = build_datasets(config, encoder)
     collator = SFTCollator(encoder.pad_id, encoder.image_token_id)
     trainer = RexOmniSFTTrainer(model=model, args=config, train_dataset=train_set, data_collator=collator,
@@ -328,7 +343,9 @@ def plan(config: SFTConfig) -> str:
         f"deepspeed      {config.deepspeed or 'off'}{_zero_stage(config)}",
         "losses         cross-entropy" + (f" + soft labels (sigma {config.soft_label_sigma:g} bins, weight "
                                            f"{config.soft_label_weight:g})" if config.soft_label_sigma else "")
-        + (f" + {config.extra_loss}" if config.extra_loss else ""),
+        + (f" + {config.extra_loss}" if config.extra_loss else "")
+        + (f" + negative hinge (weight {config.negative_hinge_weight:g}, eta {config.negative_hinge_eta:g})"
+           if config.negative_hinge_weight else ""),
         f"lora           {f'r={model_args.lora_r} alpha={model_args.lora_alpha}' if model_args.uses_lora else 'off'}"
         + lora_note,
         "parameters     part      total          trainable   frozen",

@@ -12,8 +12,8 @@ from rexomni.codec import get_codec
 from rexomni.grammar import parse_output
 from rexomni.tokens import NEG_BOX_START, NEG_REF_START
 
-MODE_TASKS = {"shapes": ["grounding", "referring", "pointing", "visual_prompting"], "keypoints": ["keypoints"],
-              "ocr": ["ocr_box", "ocr_polygon"], "gui": ["gui_grounding", "gui_pointing"]}
+MODE_TASKS = {"shapes": ["grounding", "referring", "pointing", "visual_prompting", "detect_all"],
+              "keypoints": ["keypoints"], "ocr": ["ocr_box", "ocr_polygon"], "gui": ["gui_grounding", "gui_pointing"]}
 TOL = 224 / 1000  # one bin
 
 
@@ -140,3 +140,15 @@ def test_a_phrase_without_boxes_is_never_answered_none():
         assert "dog" not in ex["phrases"]
         parsed = parse_output(ex["answer"], 100, 100)
         assert parsed.phrases.get("cat", [None]) != []
+
+
+def test_grounding_asks_the_whole_category_list_in_about_half_the_examples():
+    """A detector is used with its full category list: about half the grounding examples ask every present
+    phrase and every verified-absent one; the rest a random subset of each."""
+    sample = {"width": 100, "height": 100, "categories": ["cat", "dog", "fox", "owl", "emu"],
+              "objects": [{"phrase": p, "bbox": [10 * i, 10, 10 * i + 8, 20]} for i, p in enumerate(["cat", "dog"])]}
+    asked = [build_example(sample, "grounding", random.Random(seed))["phrases"] for seed in range(400)]
+    full = sum(sorted(a) == sorted(sample["categories"]) for a in asked) / len(asked)
+    assert 0.45 < full < 0.7  # the full list is also a possible random subset
+    assert all({"cat", "dog"} & set(a) for a in asked)  # at least one present phrase in every example
+    assert any(len(a) == 1 for a in asked)

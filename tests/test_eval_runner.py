@@ -296,3 +296,22 @@ def test_lvis_annotations_give_lvis_metrics(tmp_path):
     assert metrics["lvis/APr"] == pytest.approx(1.0)  # "aerosol can", matched across the underscore
     assert metrics["lvis/APf"] == pytest.approx(0.5)  # the dog's false positive ranks first
     assert metrics["lvis/APc"] == pytest.approx(1.0)  # the cat on an unverified image is not held against it
+
+
+def test_referring_asks_each_phrase_in_a_request_of_its_own(benchmark):
+    """ask: each splits a sample into one request per present phrase, scored alone: the stand-in finds
+    cats where they are and dogs elsewhere, so half the phrases are found."""
+    from rexomni.eval.data import load_annotations
+    from rexomni.eval.runner import evaluate_samples
+
+    samples, _ = load_annotations(str(benchmark / "gt.jsonl"), "jsonl", str(benchmark), check_images=True)
+    samples = assign_keys(samples[:2])
+    model = StandIn()
+    spec = DatasetSpec(name="ref", task="referring", ask="each", metrics=["referring"])
+    metrics, _ = evaluate_samples(model, samples, spec, batch_size=4, progress=False)
+    # two images asking the same phrase share a call
+    assert sorted((call[2], call[0]) for call in model.calls) == [(["cat"], 2), (["dog"], 2)]
+    assert metrics["samples"] == 4
+    assert metrics["ref/acc@0.5"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="ask must be one of"):
+        DatasetSpec(name="bad", annotations="x", ask="every")

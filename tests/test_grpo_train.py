@@ -22,6 +22,7 @@ from rexomni.api import RexOmni
 from rexomni.modeling import init_checkpoint
 
 GRPO_TINY = os.path.join(REPO, "grpo", "configs", "tiny.yaml")
+SHIPPED_MODEL = os.path.join(REPO, "rexomni", "default_model")
 SHIPPED = sorted(glob.glob(os.path.join(REPO, "grpo", "configs", "*.yaml")))
 
 
@@ -190,8 +191,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     from sft_helpers import cli_args
 
     def command(output_dir, **extra):
-        overrides = grpo_overrides(os.path.join(REPO, "rexomni", "default_model"), output_dir, max_steps=6, save_steps=2, save_total_limit=None,
-                                   **extra)
+        overrides = grpo_overrides(SHIPPED_MODEL, output_dir, max_steps=6, save_steps=2, save_total_limit=None, **extra)
         return [sys.executable, "-m", "rexomni.cli", "grpo", "--config", GRPO_TINY, *cli_args(overrides)]
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}

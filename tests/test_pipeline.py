@@ -44,9 +44,10 @@ def test_pipeline_batches_lists_and_dict_inputs_with_threshold_and_top_k(detecto
     assert detector(_image(), candidate_labels=["dog"], threshold=1.01, max_new_tokens=20) == []
 
 
-def test_pipeline_needs_candidate_labels(detector):
+def test_pipeline_needs_candidate_labels_except_for_detection(detector):
     with pytest.raises(ValueError, match="candidate_labels"):
-        detector(_image())
+        detector(_image(), task="pointing")
+    assert all(set(d) == {"score", "label", "box"} for d in detector(_image(), max_new_tokens=20))  # detect_all
 
 
 def test_import_rexomni_stays_light_and_registers_on_first_use(tiny_checkpoint):
