@@ -49,7 +49,11 @@ setup(
         # Negative images on real photographs: an inpainting pipeline from a local path.
         "inpaint": ["diffusers>=0.30"],
         "gpu": ["flash-attn>=2.6", "qwen-vl-utils>=0.0.10", "vllm>=0.8"],
-        "dev": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "ruff>=0.6", "diffusers>=0.30"],
+        "app": ["gradio>=6.0"],  # `rexomni app`
+        "supervision": ["supervision>=0.25"],
+        # Selenium drives the app's browser test with the system's Chromium.
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "ruff>=0.6", "diffusers>=0.30",
+                "selenium>=4.20"],
     },
     entry_points={"console_scripts": ["rexomni=rexomni.cli:main"]},
 )

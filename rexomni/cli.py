@@ -24,6 +24,7 @@ EXTERNAL_COMMANDS = {
 CORE_COMMANDS: dict[str, tuple[str, str]] = {
     "detect": ("rexomni.commands:detect_main", "detect categories in images (JSON Lines out, optional drawings)"),
     "model": ("rexomni.commands:model_main", "create checkpoints: `rexomni model init --preset tiny --out DIR`"),
+    "app": ("rexomni.app:main", "try a model in the browser (Gradio; the `app` extra)"),
 }
 
 

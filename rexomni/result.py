@@ -111,6 +111,31 @@ class Result:
             for label, s, b in zip(self.labels, self.scores, np.asarray(self.boxes))
         ]
 
+    def to_supervision(self, class_names: Sequence[str] | None = None):
+        """A ``supervision.Detections`` (Roboflow's supervision; the ``supervision`` extra).
+
+        ``xyxy`` holds the boxes (float pixels), ``confidence`` the scores, ``data["class_name"]``
+        the labels and ``class_id`` each label's index in ``class_names``. Pass the categories you
+        asked for as ``class_names`` so that ids agree across images; labels not in it are skipped,
+        as in :meth:`to_coco`. Without it the ids number the labels in order of first appearance.
+        Boxes of keypoint instances and of OCR polygons are kept; point answers have no boxes.
+        """
+        try:
+            import supervision as sv
+        except ImportError as e:
+            raise ImportError("Result.to_supervision needs supervision: pip install 'rexomni[supervision]'") from e
+        if self.points is not None:
+            raise ValueError(f"to_supervision: the {self.task} task answers with points, not boxes; use .points")
+        names = list(dict.fromkeys(self.labels)) if class_names is None else list(class_names)
+        class_id = {name: i for i, name in enumerate(names)}
+        kept = self.select([label in class_id for label in self.labels])
+        return sv.Detections(
+            xyxy=np.asarray(kept.boxes, dtype=np.float32).reshape(-1, 4),
+            confidence=np.asarray(kept.scores, dtype=np.float32),
+            class_id=np.array([class_id[label] for label in kept.labels], dtype=int),
+            data={"class_name": np.array(kept.labels, dtype=str)},
+        )
+
 
 def item_score(logprobs: Sequence[float]) -> float:
     """Confidence of one item: the geometric mean probability of the coordinate tokens that wrote it.
