@@ -195,6 +195,39 @@ def init_checkpoint(folder: str, preset: str = "tiny", tokenizer=None, seed: int
     return save_checkpoint(folder, model, processor, settings)
 
 
+def grow_checkpoint(source: str, folder: str) -> str:
+    """Double the language model's depth: after each layer insert a copy of it whose output projections
+    (``self_attn.o_proj``, ``mlp.down_proj``) are zero. The copy adds nothing to the residual stream, so
+    the grown model answers exactly as ``source`` does, and training goes on from there with twice the
+    layers (docs/recipe.md: the lever that broke the tiny model's plateau on multi-object scenes).
+    What ``rexomni model grow`` writes."""
+    import copy
+
+    import torch
+
+    from .checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(source)
+    model = checkpoint.model
+    layers = model.model.language_model.layers
+    grown = []
+    for layer in layers:
+        twin = copy.deepcopy(layer)
+        with torch.no_grad():
+            for projection in (twin.self_attn.o_proj, twin.mlp.down_proj):
+                projection.weight.zero_()
+                if projection.bias is not None:
+                    projection.bias.zero_()
+        grown += [layer, twin]
+    for index, layer in enumerate(grown):
+        layer.self_attn.layer_idx = index  # the KV cache is indexed by it
+    model.model.language_model.layers = torch.nn.ModuleList(grown)
+    text_config = model.config.text_config
+    text_config.layer_types = [t for t in text_config.layer_types for _ in (0, 1)]
+    text_config.num_hidden_layers = len(grown)
+    return save_checkpoint(folder, model, checkpoint.processor, checkpoint.settings)
+
+
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 

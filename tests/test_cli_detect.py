@@ -158,3 +158,28 @@ def test_a_missing_model_folder_or_unreachable_hub_id_is_one_line(tmp_path, caps
     assert main(["detect", image, "--categories", "cup", "--model", "someorg/no-such-model"]) == 2
     err = capsys.readouterr().err.strip()
     assert "Give the path of a local checkpoint folder" in err and len(err.splitlines()) == 1
+
+
+def test_model_grow_doubles_the_layers_and_answers_exactly_as_before(tmp_path, capsys):
+    """The grown copy of the shipped model writes the same answers with the same token scores (the inserted
+    layers add zero to the residual stream), from a config and weights of twice the language depth."""
+    from safetensors.torch import load_file
+
+    from rexomni.api import RexOmni
+
+    scenes = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+    folder = str(tmp_path / "grown")
+    assert main(["model", "grow", "rexomni-synth", "--out", folder]) == 0
+    assert "twice its language layers" in capsys.readouterr().out
+    before, after = RexOmni.from_pretrained(device="cpu"), RexOmni.from_pretrained(folder, device="cpu")
+    depth = before.model.config.text_config.num_hidden_layers
+    assert after.model.config.text_config.num_hidden_layers == 2 * depth
+    weights = load_file(os.path.join(folder, "model.safetensors"))
+    assert not weights["model.layers.1.mlp.down_proj.weight"].any()
+    assert weights["model.layers.2.mlp.down_proj.weight"].any()
+    images = [os.path.join(scenes, f"scene{i}.png") for i in (1, 2)]
+    a, b = (m.detect(images, ["red circle", "blue square"]) for m in (before, after))
+    assert [r.raw_text for r in a] == [r.raw_text for r in b]
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x.scores, y.scores, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(x.boxes, y.boxes)
