@@ -23,7 +23,7 @@ EXTERNAL_COMMANDS = {
 # subcommand -> ("module" with main(argv) or "module:function", one-line help) for the core's commands
 CORE_COMMANDS: dict[str, tuple[str, str]] = {
     "detect": ("rexomni.commands:detect_main", "detect categories in images (JSON Lines out, optional drawings)"),
-    "model": ("rexomni.commands:model_main", "create checkpoints: `rexomni model init --preset tiny --out DIR`, `rexomni model grow DIR --out DIR2`"),
+    "model": ("rexomni.commands:model_main", "create checkpoints: `rexomni model init|grow ... --out DIR`"),
     "app": ("rexomni.app:main", "try a model in the browser (Gradio; the `app` extra)"),
 }
 
