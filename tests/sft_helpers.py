@@ -88,3 +88,35 @@ def logit_l2_loss(model, inputs, outputs, labels):
     """An extra loss for the hook test: a small penalty on the logits, logged under its own name."""
     value = outputs.logits.float().pow(2).mean() * 1e-3
     return value, {"extra/logit_l2": float(value.detach())}
+
+
+def quiet_env(**extra) -> dict:
+    """One thread per training process: deterministic sums, and no oversubscription of the test machine."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
+
+
+def kill_at_first_checkpoint(command: list[str], output_dir, max_steps: int) -> str:
+    """Start a training ``command`` writing to ``output_dir``, SIGKILL it as soon as a complete checkpoint
+    exists, check it died mid-training (before ``max_steps``) and return that checkpoint's folder."""
+    import signal
+    import subprocess
+    import time
+
+    from rexomni.sft.trainer import last_complete_checkpoint
+
+    proc = subprocess.Popen(command, cwd=REPO, env=quiet_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 240
+    while last_complete_checkpoint(str(output_dir)) is None:
+        assert proc.poll() is None, f"the run ended before its first checkpoint:\n{proc.stderr.read()[-3000:]}"
+        assert time.monotonic() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    last = last_complete_checkpoint(str(output_dir))
+    finished = os.path.exists(os.path.join(output_dir, "model.safetensors"))
+    assert int(last.rsplit("-", 1)[1]) < max_steps and not finished, \
+        "the run must be killed mid-training for the test to mean anything"
+    return last

@@ -181,37 +181,20 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     ends with the weights of a run that was never interrupted: the rollouts' random state is restored too.
     It starts from the shipped model, whose rollouts differ in reward (a random model's all score 0 and
     GRPO would not move it)."""
-    import signal
     import subprocess
     import sys
-    import time
 
-    from rexomni.sft.trainer import last_complete_checkpoint
     from safetensors.torch import load_file
-    from sft_helpers import cli_args
+    from sft_helpers import cli_args, kill_at_first_checkpoint, quiet_env
 
     def command(output_dir, **extra):
         overrides = grpo_overrides(SHIPPED_MODEL, output_dir, max_steps=6, save_steps=2, save_total_limit=None, **extra)
         return [sys.executable, "-m", "rexomni.cli", "grpo", "--config", GRPO_TINY, *cli_args(overrides)]
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     killed, reference = tmp_path / "killed", tmp_path / "reference"
-    proc = subprocess.Popen(command(killed), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
-    deadline = time.monotonic() + 240
-    while last_complete_checkpoint(str(killed)) is None:
-        assert proc.poll() is None, f"the run ended before its first checkpoint:\n{proc.stderr.read()[-3000:]}"
-        assert time.monotonic() < deadline, "no checkpoint within 240 s"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
-    last = last_complete_checkpoint(str(killed))
-    assert int(last.rsplit("-", 1)[1]) < 6 and not os.path.exists(killed / "model.safetensors"), \
-        "the run must be killed mid-training for this test to mean anything"
-
+    last = kill_at_first_checkpoint(command(killed), killed, max_steps=6)
     for folder, extra in ((killed, {"resume_from_checkpoint": "auto"}), (reference, {})):
-        done = subprocess.run(command(folder, **extra), cwd=REPO, env=env, capture_output=True, text=True)
+        done = subprocess.run(command(folder, **extra), cwd=REPO, env=quiet_env(), capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
     a, b = (load_file(os.path.join(folder, "model.safetensors")) for folder in (killed, reference))
     initial = load_file(os.path.join(last, "model.safetensors"))

@@ -7,25 +7,25 @@ from __future__ import annotations
 import ast
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import torch
-from rexomni.sft.trainer import last_complete_checkpoint
 from safetensors.torch import load_file
-from sft_helpers import REPO, TINY_YAML, assert_lora_merged, cli_args, tiny_overrides
+from sft_helpers import (
+    REPO,
+    TINY_YAML,
+    assert_lora_merged,
+    cli_args,
+    kill_at_first_checkpoint,
+    quiet_env,
+    tiny_overrides,
+)
 
 
 def sft_command(overrides: dict) -> list[str]:
     return [sys.executable, "-m", "rexomni.cli", "sft", "--config", TINY_YAML, *cli_args(overrides)]
-
-
-def quiet_env(**extra) -> dict:
-    # One thread per process: deterministic sums, and no oversubscription of the test machine.
-    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
 
 
 def weights(folder) -> dict[str, torch.Tensor]:
@@ -35,20 +35,7 @@ def weights(folder) -> dict[str, torch.Tensor]:
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     run = dict(max_steps=16, save_steps=4, per_device_train_batch_size=4, logging_steps=4, save_total_limit=None)
     killed_dir, reference_dir = tmp_path / "killed", tmp_path / "reference"
-    proc = subprocess.Popen(sft_command(tiny_overrides(killed_dir, **run)), cwd=REPO, env=quiet_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while last_complete_checkpoint(str(killed_dir)) is None:
-        assert proc.poll() is None, f"the run ended before its first checkpoint:\n{proc.stderr.read()[-3000:]}"
-        assert time.monotonic() < deadline, "no checkpoint within 240 s"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
-    last = last_complete_checkpoint(str(killed_dir))
-    assert proc.returncode == -signal.SIGKILL
-    assert int(last.rsplit("-", 1)[1]) < 16 and not os.path.exists(killed_dir / "model.safetensors"), \
-        "the run must be killed mid-training for this test to mean anything"
+    last = kill_at_first_checkpoint(sft_command(tiny_overrides(killed_dir, **run)), killed_dir, run["max_steps"])
 
     resumed = subprocess.run(sft_command(tiny_overrides(killed_dir, resume_from_checkpoint="auto", **run)),
                              cwd=REPO, env=quiet_env(), capture_output=True, text=True)
