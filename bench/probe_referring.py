@@ -20,24 +20,19 @@ OUTCOMES = ("right object", "same colour, other kind", "same kind, other colour"
             "answered None")
 
 
-def box_iou(a, b) -> float:
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def outcome(box, wanted: dict, objects: list[dict]) -> tuple[str, float]:
     """Which object the top box lands on, and its IoU with the wanted one."""
+    from rexomni.eval.boxes import box_iou
+
     if box is None:
         return "answered None", 0.0
-    best = max(objects, key=lambda o: box_iou(box, o["bbox"]))
-    if box_iou(box, best["bbox"]) < 0.3:
-        return "no shape", box_iou(box, wanted["bbox"])
+    ious = box_iou([box], [o["bbox"] for o in objects])[0]
+    best = objects[int(ious.argmax())]
+    if ious.max() < 0.3:
+        return "no shape", 0.0
     got, want = best["attributes"], wanted["attributes"]
     if best["phrase"] == wanted["phrase"]:
-        return "right object", box_iou(box, wanted["bbox"])
+        return "right object", float(ious.max())
     if got["color"] == want["color"]:
         return "same colour, other kind", 0.0
     if got["kind"] == want["kind"]:
