@@ -29,7 +29,8 @@ def markdown_table(results: Mapping[str, Mapping[str, float]], title: str | None
     for name, metrics in results.items():
         lines.append(f"| {name} | " + " | ".join(_cell(k, metrics.get(k)) for k in keys) + " |")
     lines.append("")
-    lines.append("Rates in percent; `vp/count_mae` in boxes; -1 where COCOeval has nothing to score.")
+    lines.append("Rates in percent; `vp/count_mae` in boxes; -1 where COCOeval has nothing to score, nan where a rate "
+                 "has nothing to count (OOD metrics without boxes).")
     return "\n".join(lines) + "\n"
 
 
