@@ -139,9 +139,11 @@ def model_main(argv: list[str] | None = None) -> int:
     init.add_argument("--out", required=True, help="the folder to write")
     init.add_argument("--tokenizer", default=None, help="a tokenizer folder (default: the offline test tokenizer)")
     init.add_argument("--seed", type=int, default=0)
-    grow = sub.add_parser("grow", help="double the language layers of a checkpoint; it answers exactly as before")
+    grow = sub.add_parser("grow", help="double the layers of a checkpoint; it answers exactly as before")
     grow.add_argument("model", help="a checkpoint folder (or a short name such as rexomni-synth)")
     grow.add_argument("--out", required=True, help="the folder to write")
+    grow.add_argument("--parts", nargs="+", choices=("language", "vision"), default=["language"],
+                      help="what to deepen: the language model, the vision tower or both (default: language)")
     args = parser.parse_args(argv)
 
     from .modeling import grow_checkpoint, init_checkpoint, saved_parameter_count
@@ -149,8 +151,8 @@ def model_main(argv: list[str] | None = None) -> int:
     if os.path.isdir(args.out) and os.listdir(args.out):
         parser.error(f"--out {args.out!r} exists and is not empty")
     if args.action == "grow":
-        folder = grow_checkpoint(args.model, args.out)
-        print(f"rexomni model grow: wrote {args.model} with twice its language layers to {folder}")
+        folder = grow_checkpoint(args.model, args.out, parts=tuple(args.parts))
+        print(f"rexomni model grow: wrote {args.model} with twice its {' and '.join(args.parts)} layers to {folder}")
         return 0
     folder = init_checkpoint(args.out, preset=args.preset, tokenizer=args.tokenizer, seed=args.seed)
     params = saved_parameter_count(folder)

@@ -195,37 +195,55 @@ def init_checkpoint(folder: str, preset: str = "tiny", tokenizer=None, seed: int
     return save_checkpoint(folder, model, processor, settings)
 
 
-def grow_checkpoint(source: str, folder: str) -> str:
-    """Double the language model's depth: after each layer insert a copy of it whose output projections
-    (``self_attn.o_proj``, ``mlp.down_proj``) are zero. The copy adds nothing to the residual stream, so
-    the grown model answers exactly as ``source`` does, and training goes on from there with twice the
-    layers (docs/recipe.md: the lever that broke the tiny model's plateau on multi-object scenes).
-    What ``rexomni model grow`` writes."""
+def grow_checkpoint(source: str, folder: str, parts: tuple[str, ...] = ("language",)) -> str:
+    """Double the depth of the language model and/or the vision tower (``parts``): after each layer insert
+    a copy of it whose output projections are zero. The copy adds nothing to the residual stream, so the
+    grown model answers exactly as ``source`` does, and training goes on from there with twice the layers
+    (docs/recipe.md: the lever that broke the tiny model's plateau on multi-object scenes). What
+    ``rexomni model grow`` writes."""
+    from .checkpoint import load_checkpoint
+
+    unknown = set(parts) - {"language", "vision"}
+    if unknown or not parts:
+        raise ValueError(f"parts must name 'language' and/or 'vision', not {sorted(parts)}")
+    checkpoint = load_checkpoint(source)
+    model = checkpoint.model
+    if "language" in parts:
+        language = model.model.language_model
+        language.layers = _doubled(language.layers, lambda twin: (twin.self_attn.o_proj, twin.mlp.down_proj))
+        for index, layer in enumerate(language.layers):
+            layer.self_attn.layer_idx = index  # the KV cache is indexed by it
+        text_config = model.config.text_config
+        text_config.layer_types = [t for t in text_config.layer_types for _ in (0, 1)]
+        text_config.num_hidden_layers = len(language.layers)
+    if "vision" in parts:
+        visual = model.model.visual
+        visual.blocks = _doubled(visual.blocks, lambda twin: (twin.attn.proj, twin.mlp.down_proj))
+        # A copy attends as its original does: full attention where the original did, else windows.
+        full = [i for old in visual.fullatt_block_indexes for i in (2 * old, 2 * old + 1)]
+        visual.fullatt_block_indexes = full
+        vision_config = model.config.vision_config
+        vision_config.fullatt_block_indexes = full
+        vision_config.depth = len(visual.blocks)
+    return save_checkpoint(folder, model, checkpoint.processor, checkpoint.settings)
+
+
+def _doubled(layers, output_projections):
+    """Each layer followed by a deep copy whose ``output_projections(copy)`` are zeroed."""
     import copy
 
     import torch
 
-    from .checkpoint import load_checkpoint
-
-    checkpoint = load_checkpoint(source)
-    model = checkpoint.model
-    layers = model.model.language_model.layers
     grown = []
     for layer in layers:
         twin = copy.deepcopy(layer)
         with torch.no_grad():
-            for projection in (twin.self_attn.o_proj, twin.mlp.down_proj):
+            for projection in output_projections(twin):
                 projection.weight.zero_()
                 if projection.bias is not None:
                     projection.bias.zero_()
         grown += [layer, twin]
-    for index, layer in enumerate(grown):
-        layer.self_attn.layer_idx = index  # the KV cache is indexed by it
-    model.model.language_model.layers = torch.nn.ModuleList(grown)
-    text_config = model.config.text_config
-    text_config.layer_types = [t for t in text_config.layer_types for _ in (0, 1)]
-    text_config.num_hidden_layers = len(grown)
-    return save_checkpoint(folder, model, checkpoint.processor, checkpoint.settings)
+    return torch.nn.ModuleList(grown)
 
 
 def count_parameters(model) -> int:

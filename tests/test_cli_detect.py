@@ -160,23 +160,33 @@ def test_a_missing_model_folder_or_unreachable_hub_id_is_one_line(tmp_path, caps
     assert "Give the path of a local checkpoint folder" in err and len(err.splitlines()) == 1
 
 
-def test_model_grow_doubles_the_layers_and_answers_exactly_as_before(tmp_path, capsys):
+@pytest.mark.parametrize("parts", [["language"], ["language", "vision"]])
+def test_model_grow_doubles_the_layers_and_answers_exactly_as_before(tmp_path, capsys, parts):
     """The grown copy of the shipped model writes the same answers with the same token scores (the inserted
-    layers add zero to the residual stream), from a config and weights of twice the language depth."""
+    layers add zero to the residual stream), from a config and weights of twice the depth of each part."""
     from safetensors.torch import load_file
 
     from rexomni.api import RexOmni
 
     scenes = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
     folder = str(tmp_path / "grown")
-    assert main(["model", "grow", "rexomni-synth", "--out", folder]) == 0
-    assert "twice its language layers" in capsys.readouterr().out
+    assert main(["model", "grow", "rexomni-synth", "--out", folder, "--parts", *parts]) == 0
+    assert f"twice its {' and '.join(parts)} layers" in capsys.readouterr().out
     before, after = RexOmni.from_pretrained(device="cpu"), RexOmni.from_pretrained(folder, device="cpu")
     depth = before.model.config.text_config.num_hidden_layers
     assert after.model.config.text_config.num_hidden_layers == 2 * depth
     weights = load_file(os.path.join(folder, "model.safetensors"))
     assert not weights["model.layers.1.mlp.down_proj.weight"].any()
     assert weights["model.layers.2.mlp.down_proj.weight"].any()
+    vision_before, vision_after = before.model.config.vision_config, after.model.config.vision_config
+    if "vision" in parts:
+        assert vision_after.depth == 2 * vision_before.depth
+        assert not weights["visual.blocks.1.attn.proj.weight"].any()
+        # each copy attends as its original: block 1 had full attention, so blocks 2 and 3 have it
+        assert vision_after.fullatt_block_indexes == [2 * i + j for i in vision_before.fullatt_block_indexes
+                                                      for j in (0, 1)]
+    else:
+        assert vision_after.depth == vision_before.depth
     images = [os.path.join(scenes, f"scene{i}.png") for i in (1, 2)]
     a, b = (m.detect(images, ["red circle", "blue square"]) for m in (before, after))
     assert [r.raw_text for r in a] == [r.raw_text for r in b]
