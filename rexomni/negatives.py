@@ -9,7 +9,11 @@ boxes (the released visual-prompting prompt with them as examples, answered as `
 
 - NNC (T-Rex-Omni's Negating Negative Computing): ``p = sigmoid(S_pos - beta * max_i S_neg_i)``, S_pos
   under the box's own phrase, S_neg_i under each negative; boxes with ``p < threshold`` are dropped and
-  the kept ones score ``p``. With the default threshold 0.5 a box stays iff ``S_pos >= beta * max S_neg``.
+  the kept ones score ``p``. T-Rex-Omni's beta 0.3 weighs similarity logits; S here is a log-probability
+  (<= 0), where only a difference is scale-free: with beta 1, ``p`` is the posterior of the box's phrase
+  against its strongest negative (equal priors), and the default threshold 0.5 drops a box exactly when
+  a negative explains it better than its own phrase. (Beta 0.3 kept a box only if ``S_pos >= 0.3 max
+  S_neg``, which dropped nearly every box of an unsure model: docs/negatives.md.)
 - OOD score: ``sigmoid(max_c S_c - max_i S_neg_i)``, the strongest response to an in-distribution label
   (every asked category) against the strongest response to a negative. NegS fuses ID and negative-label
   responses through a sigmoid; the max (not NegLabel's sum) keeps the score independent of how many
@@ -31,7 +35,7 @@ import numpy as np
 
 from .tokens import BOX_START, OBJECT_REF_END, OBJECT_REF_START, VISION_END
 
-DEFAULT_BETA = 0.3        # T-Rex-Omni's weight of the strongest negative
+DEFAULT_BETA = 1.0        # the strongest negative's weight: p is a posterior over log-probabilities
 DEFAULT_THRESHOLD = 0.5   # p >= 0.5  <=>  S_pos >= beta * max S_neg
 AUTO_PER_CATEGORY = 2     # look-alikes that negatives="auto" adds per asked category
 MAX_ROWS = 64             # variant rows per forward: bounds the expanded KV cache
@@ -127,9 +131,14 @@ def _core_module(model):
 
 
 def _unwrap(model):
-    """The module under DDP / DeepSpeed wrappers: a wrapper expects one forward per backward (its gradient
-    hooks), so the extra passes go to the module it wraps."""
-    while hasattr(model, "module") and not hasattr(model, "get_input_embeddings"):
+    """The module under DDP / DeepSpeed wrappers (each holds it as ``.module``): a DDP wrapper expects one
+    forward per backward, so the extra passes go to the module it wraps. Its gradients still reach the
+    wrapper's reduction, which hooks the parameters, not the forward; under ZeRO-3 the wrapped module's own
+    hooks gather the partitioned parameters. (DeepSpeed's engine answers every attribute of the module it
+    wraps, so only the type of ``.module`` tells a wrapper.)"""
+    import torch
+
+    while isinstance(getattr(model, "module", None), torch.nn.Module):
         model = model.module
     return model
 

@@ -1,6 +1,8 @@
 """The benchmark runner (batches, cache, resume, skipped images, reports) and `rexomni eval`."""
 
+import glob
 import json
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -315,3 +317,18 @@ def test_referring_asks_each_phrase_in_a_request_of_its_own(benchmark):
     assert metrics["ref/acc@0.5"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="ask must be one of"):
         DatasetSpec(name="bad", annotations="x", ask="every")
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "eval", "benchmarks", "*.yaml"))), ids=os.path.basename)
+def test_every_shipped_benchmark_spec_reads_and_its_predict_options_exist(path):
+    """A spec's `predict:` options reach RexOmni.predict as keywords; a misspelt one would fail only at the
+    end of a long run."""
+    import inspect
+
+    from rexomni.api import RexOmni
+
+    spec = BenchmarkSpec.from_yaml(path)
+    known = set(inspect.signature(RexOmni.predict).parameters)
+    for dataset in spec.datasets:
+        assert set(dataset.predict or {}) <= known, (dataset.name, dataset.predict)
