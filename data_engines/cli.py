@@ -4,6 +4,7 @@
     rexomni data convert --format coco instances_val2017.json --out coco_val.jsonl [--image-root DIR]
     rexomni data mix data_engines/configs/synth_mix.yaml --n 1000 [--out examples.jsonl]
     rexomni data negatives "a red car on the left" "two dogs" [--n 5] [--llm PATH | --endpoint URL --model M]
+    rexomni data negative-images coco_train.jsonl --inpaint-model DIR [--clip-model DIR] --out data/coco_neg
 """
 
 from __future__ import annotations
@@ -63,13 +64,38 @@ def _parser() -> argparse.ArgumentParser:
     neg.add_argument("--method", default="recombination", choices=["recombination", "summary"],
                      help="LLM prompting method: recombine the phrase's parts, or summarise then contradict")
     neg.add_argument("--cache", default=None, help="folder caching LLM answers")
+
+    images = add("negative-images", help="paint negative images into real photos (offline) and write them as a "
+                                         "data set a mixture reads")
+    images.add_argument("input", help="data set of real photos: our JSONL, or any format that convert reads")
+    images.add_argument("--out", required=True, help="output folder: images/, samples.jsonl, progress.json")
+    images.add_argument("--format", choices=FORMATS, default=None, help="input format, detected when left out")
+    images.add_argument("--image-root", default=None, help="folder the image paths are relative to")
+    images.add_argument("--inpaint-model", required=True, metavar="DIR",
+                        help="local folder of a diffusers inpainting pipeline (hub names are not fetched)")
+    images.add_argument("--clip-model", default=None, metavar="DIR",
+                        help="local CLIPModel folder: keep a painting only if CLIP matches it to its foil")
+    images.add_argument("--clip-threshold", type=float, default=0.25,
+                        help="least cosine similarity of the painted box and the foil (with --clip-model)")
+    images.add_argument("--packing", choices=["separate", "concat", "both"], default="both",
+                        help="the negative alone, side by side with its original, or both (two samples each)")
+    images.add_argument("--per-image", type=int, default=1, help="negatives painted per input image at most")
+    images.add_argument("--limit", type=int, default=None, help="edit only the first LIMIT images")
+    images.add_argument("--seed", type=int, default=0, help="image i's edits are drawn with seed 'SEED:i'")
+    images.add_argument("--device", default="cpu", help="torch device of the inpainting and CLIP models")
+    images.add_argument("--steps", type=int, default=30, help="inpainting denoising steps")
+    images.add_argument("--guidance-scale", type=float, default=7.5, help="classifier-free guidance scale")
+    images.add_argument("--resolution", type=int, default=512, help="side of the square the pipeline paints at")
+    images.add_argument("--resume", action="store_true",
+                        help="continue the run in a non-empty --out (same settings) instead of refusing it")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"synth": _synth, "convert": _convert, "mix": _mix, "negatives": _negatives}[args.command](args)
+        return {"synth": _synth, "convert": _convert, "mix": _mix, "negatives": _negatives,
+                "negative-images": _negative_images}[args.command](args)
     except (OSError, ValueError) as e:  # a missing or malformed input: one line, no traceback
         print(f"rexomni data {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -146,6 +172,27 @@ def _negatives(args) -> int:
         foils = [foiler(p, n=args.n, rng=args.seed) for p in args.phrases]
     for phrase, phrase_foils in zip(args.phrases, foils):
         print(json.dumps({"phrase": phrase, "foils": phrase_foils}, ensure_ascii=False))
+    return 0
+
+
+def _negative_images(args) -> int:
+    from .negatives_image import ClipFilter, InpaintingBackend, write_negative_images
+    from .readers import CORRUPT_IMAGE, MISSING_IMAGE, read_dataset
+
+    # The models first: a wrong folder should fail before the data set is read.
+    try:
+        backend = InpaintingBackend(args.inpaint_model, args.device, args.steps, args.guidance_scale, args.resolution)
+    except ImportError as e:
+        print(f"rexomni data negative-images: error: {e}", file=sys.stderr)
+        return 2
+    clip = ClipFilter(args.clip_model, args.clip_threshold, args.device) if args.clip_model else None
+    samples, read_report = read_dataset(args.input, args.format, args.image_root)
+    print(read_report)
+    report = write_negative_images(samples, args.out, backend, clip, packing=args.packing, per_image=args.per_image,
+                                   limit=args.limit, seed=args.seed, resume=args.resume,
+                                   source=os.path.abspath(args.input))
+    report.unreadable += read_report.dropped[MISSING_IMAGE] + read_report.dropped[CORRUPT_IMAGE]  # dropped on reading
+    print(f"{report}: {args.out}")
     return 0
 
 

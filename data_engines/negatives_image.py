@@ -11,21 +11,26 @@ hard negative: the model must not find the original object there.
   the two filters of "Generating Enhanced Negatives for Training Language-Based Object Detectors":
   ``box_filter`` skips a box that covers more than 75% of another box (editing it would change the
   other object too), and ``ClipFilter`` keeps a painted region only if its CLIP similarity to the
-  negative text reaches a threshold (a transformers CLIPModel from a local folder).
+  negative text reaches a threshold (a transformers CLIPModel from a local folder);
+  ``pack_real_negative`` packs a painting in the same two ways, labelled honestly. Inpainting is far
+  too slow for a training loader, so ``write_negative_images`` (``rexomni data negative-images``) runs
+  it offline and writes the packed samples as an ordinary data set that a mixture reads.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from PIL import Image
 
 from .masks import deepest_point, mask_bbox, rle_encode
-from .negatives_text import RuleFoiler
+from .negatives_text import FOIL_KINDS, RuleFoiler
 from .synth import (
     COLORS,
     GRANULARITIES,
@@ -141,11 +146,16 @@ def side_by_side(left: Image.Image, left_sample: dict, right: Image.Image,
     def shifted(items: list[dict], dx: float) -> list[dict]:
         out = []
         for o in items:
-            o = {k: v for k, v in o.items() if k != "mask"}
-            x0, y0, x1, y1 = o["bbox"]
-            o["bbox"] = [x0 + dx, y0, x1 + dx, y1]
+            o = {k: v for k, v in o.items() if k != "mask"}  # an RLE of one half's frame
+            if o.get("bbox") is not None:
+                x0, y0, x1, y1 = o["bbox"]
+                o["bbox"] = [x0 + dx, y0, x1 + dx, y1]
             if o.get("point") is not None:
                 o["point"] = [o["point"][0] + dx, o["point"][1]]
+            if o.get("polygon") is not None:
+                o["polygon"] = [[x + dx, y] for x, y in o["polygon"]]
+            if o.get("keypoints"):
+                o["keypoints"] = {name: [x + dx, y] for name, (x, y) in o["keypoints"].items()}
             out.append(o)
         return out
 
@@ -207,7 +217,7 @@ class ClipFilter:
 
         if not os.path.isdir(path):
             raise FileNotFoundError(f"CLIP model folder {path!r} does not exist (hub names are not fetched)")
-        self.torch, self.threshold, self.device = torch, threshold, device
+        self.torch, self.path, self.threshold, self.device = torch, path, threshold, device
         self.model = CLIPModel.from_pretrained(path).to(device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.image_processor = CLIPImageProcessorPil.from_pretrained(path)
@@ -258,7 +268,8 @@ class InpaintingBackend:
             raise FileNotFoundError(f"inpainting model folder {path!r} does not exist (hub names are not fetched)")
         self.pipe = AutoPipelineForInpainting.from_pretrained(path).to(device)
         self.pipe.set_progress_bar_config(disable=True)
-        self.device, self.steps, self.guidance_scale, self.resolution = device, steps, guidance_scale, resolution
+        self.path, self.device, self.steps = path, device, steps
+        self.guidance_scale, self.resolution = guidance_scale, resolution
 
     def inpaint(self, image: Image.Image, box: Sequence[float], text: str, seed: int = 0) -> Image.Image:
         """``image`` with ``text`` painted into ``box``; pixels outside the box are the original's."""
@@ -284,33 +295,238 @@ class NegativeImage:
     image: Image.Image
     box: list[float]
     original: str       # the description that no longer holds in the box
-    negative: str       # what was painted there
+    negative: str       # the foil painted there: what was asked for, not a label (only CLIP-filtered)
     clip_score: float | None
+    index: int          # the edited object's position in the sample's objects
+
+
+# A place cannot be painted inside a box ("a dog on the right" painted over the left dog still shows a
+# dog on the left), so spatial foils are not painted.
+PAINTABLE_FOIL_KINDS = tuple(k for k in FOIL_KINDS if k != "spatial")
 
 
 def negative_images(image: Image.Image, sample: dict, backend: InpaintingBackend, foiler: RuleFoiler | None = None,
                     clip_filter: ClipFilter | None = None, rng: random.Random | int | None = None,
-                    max_images: int = 1) -> list[NegativeImage]:
+                    max_images: int = 1, skipped: Counter | None = None) -> list[NegativeImage]:
     """Up to ``max_images`` negative images of a real sample: pick objects that pass the box filter,
-    write a rule foil of each one's phrase, paint it into its box, keep what passes the CLIP filter."""
+    write a rule foil of each one's phrase, paint it into its box, keep what passes the CLIP filter.
+
+    A foil that is the phrase of an annotated object is not painted: that phrase's answer would miss
+    the painted one. ``skipped``, when given, counts what was left out: ``box_filter`` (boxes),
+    ``no_foil`` (objects whose phrase has no paintable foil) and ``clip_filter`` (paintings).
+    """
     rng = rng if isinstance(rng, random.Random) else random.Random(rng)
     foiler = foiler or RuleFoiler()
-    objects = [o for o in sample["objects"] if o.get("bbox") is not None]
-    editable = [o for o, ok in zip(objects, box_filter([o["bbox"] for o in objects])) if ok]
+    skipped = Counter() if skipped is None else skipped
+    boxed = [(i, o) for i, o in enumerate(sample["objects"]) if o.get("bbox") is not None]
+    editable = [item for item, ok in zip(boxed, box_filter([o["bbox"] for _, o in boxed])) if ok]
+    skipped["box_filter"] += len(boxed) - len(editable)
+    present = {o["phrase"] for o in sample["objects"]}
+    # A phrase whose instances are not all labelled (LVIS) cannot be said to be gone once one is painted over.
+    unlabelled = set(sample.get("not_exhaustive_categories", []))
     rng.shuffle(editable)
     out = []
-    for obj in editable:
-        foils = foiler(obj["phrase"], n=1, rng=rng)
-        if not foils:
+    for index, obj in editable:
+        if obj["phrase"] in unlabelled:
             continue
-        painted = backend.inpaint(image, obj["bbox"], foils[0], seed=rng.getrandbits(31))
+        foils = [f.text for f in foiler.foils(obj["phrase"], kinds=PAINTABLE_FOIL_KINDS) if f.text not in present]
+        if not foils:
+            skipped["no_foil"] += 1
+            continue
+        foil = rng.choice(foils)
+        painted = backend.inpaint(image, obj["bbox"], foil, seed=rng.getrandbits(31))
         score = None
         if clip_filter is not None:
             region = painted.crop(tuple(int(round(v)) for v in obj["bbox"]))
-            score = float(clip_filter.similarity([region], [foils[0]])[0])
+            score = float(clip_filter.similarity([region], [foil])[0])
             if score < clip_filter.threshold:
+                skipped["clip_filter"] += 1
                 continue
-        out.append(NegativeImage(painted, list(obj["bbox"]), obj["phrase"], foils[0], score))
+        out.append(NegativeImage(painted, list(obj["bbox"]), obj["phrase"], foil, score, index))
         if len(out) >= max_images:
             break
     return out
+
+
+# --------------------------------------------------------------------------- packing real negatives
+#
+# Unlike a re-drawn synthetic shape, a photo's painted box is labelled by nobody: the foil is what the
+# painter was asked for and what CLIP found close enough, so it is never asked nor answered. What is
+# known is the original's labels: the edited object is gone from its box, every other object (other
+# instances of the same phrase included) is where it was.
+#
+# The edited box does not go into the sample's ``negatives``. Negatives are prompt conditioning ("do not
+# find these"), and the task builders never ask a negative phrase nor answer its objects
+# (data_engines/tasks.py). With the original phrase as a negative, an example could not ask the question
+# the negative image exists for (the original phrase, answered without the edited box), would drop the
+# phrase's remaining instances from the answer, and would show the model the edited box in the prompt.
+# The edit is recorded in ``negative_edit`` instead.
+
+# Not carried over: referring expressions and negatives may describe the edited object, and with an
+# unlabelled painting in it the image is not exhaustive (no detect_all).
+_NOT_CARRIED = ("referring", "negatives", "exhaustive")
+_PIXEL_LABELS = ("mask", "polygon", "point", "keypoints")
+
+
+def real_negative_sample(sample: dict, negative: NegativeImage) -> dict:
+    """The labels of ``negative.image``: the original's objects without the edited one, the original
+    phrase kept as a category (answered with its other instances, or None where none is left), the foil
+    never a category, and ``negative_edit``: the box, the original phrase, the foil, the CLIP score and
+    the original image."""
+    objects = [_without_painted_pixels(o, negative.box) for i, o in enumerate(sample["objects"]) if i != negative.index]
+    categories = (set(sample.get("categories", [])) | {negative.original}) - {negative.negative}
+    out = {k: v for k, v in sample.items() if k not in _NOT_CARRIED}
+    out.update(objects=objects, categories=sorted(categories), source=f"{sample.get('source', 'real')}+negative",
+               negative_edit={"box": list(negative.box), "original": negative.original, "foil": negative.negative,
+                              "clip_score": negative.clip_score, "original_image": sample.get("image")})
+    return out
+
+
+def _without_painted_pixels(obj: dict, box: Sequence[float]) -> dict:
+    """``obj`` without its pixel-level labels when its box meets the painted box: the paint may have
+    covered part of it. Its box stays, as an occluded object's box does."""
+    b = obj.get("bbox")
+    if b is None or b[2] <= box[0] or box[2] <= b[0] or b[3] <= box[1] or box[3] <= b[1]:
+        return obj
+    return {k: v for k, v in obj.items() if k not in _PIXEL_LABELS}
+
+
+def pack_real_negative(image: Image.Image, sample: dict, negative: NegativeImage,
+                       packing: str) -> tuple[Image.Image, dict]:
+    """A training sample of a real negative image (from ``image`` and its ``sample``), packed as
+
+    - ``separate``: the negative image alone, labelled by :func:`real_negative_sample`;
+    - ``concat``: the original (left) and the negative (right) side by side: the original phrase is
+      found on the left and wherever it remains on the right, not in the edited box.
+    """
+    if packing not in PACKINGS:
+        raise ValueError(f"unknown packing {packing!r}; expected one of {PACKINGS}")
+    right = real_negative_sample(sample, negative)
+    if packing == "separate":
+        return negative.image, right
+    left = {k: v for k, v in sample.items() if k not in _NOT_CARRIED}
+    packed_image, packed = side_by_side(image.convert("RGB"), left, negative.image, right)
+    x0, y0, x1, y1 = negative.box
+    packed["categories"] = [c for c in packed["categories"] if c != negative.negative]
+    packed["negative_edit"] = dict(right["negative_edit"], box=[x0 + image.width, y0, x1 + image.width, y1])
+    return packed_image, packed
+
+
+# --------------------------------------------------------------------------- writing a data set
+
+
+@dataclass
+class NegativeImageReport:
+    """What :func:`write_negative_images` did; a resumed run goes on counting."""
+
+    images: int = 0       # input images done
+    negatives: int = 0    # negative images kept
+    samples: int = 0      # samples written (one per negative and packing)
+    box_filter: int = 0   # boxes the box filter ruled out
+    no_foil: int = 0      # objects whose phrase has no paintable foil
+    clip_filter: int = 0  # paintings the CLIP filter rejected
+    unreadable: int = 0   # images that could not be decoded
+
+    def __str__(self) -> str:
+        return (f"wrote {self.samples} samples from {self.negatives} negative images of {self.images} images; "
+                f"skipped {self.box_filter} boxes (box filter), {self.clip_filter} paintings (CLIP filter), "
+                f"{self.no_foil} objects without a foil, {self.unreadable} unreadable images")
+
+
+PROGRESS_FILE = "progress.json"
+
+
+def write_negative_images(samples: Sequence[dict], out_dir: str, backend: InpaintingBackend,
+                          clip_filter: ClipFilter | None = None, packing: str = "both", per_image: int = 1,
+                          limit: int | None = None, seed: int = 0, resume: bool = False, source: str | None = None,
+                          progress: bool = True) -> NegativeImageReport:
+    """Paint negatives into real ``samples`` (images on disk) and write them as a data set that a
+    mixture reads like any other: ``out_dir/images/*.png`` and ``out_dir/samples.jsonl``.
+
+    Image ``i`` of the first ``limit`` gets up to ``per_image`` negatives (:func:`negative_images`, seed
+    ``f"{seed}:{i}"``), each written in ``packing`` (``separate``, ``concat``, or ``both``: two samples).
+    PNG keeps the negative equal to the original outside the box. An unreadable image is skipped and
+    counted. ``out_dir`` must be empty unless ``resume``: ``progress.json`` records after every image how
+    many are done and how long ``samples.jsonl`` was, so a resumed run (same settings, ``source`` naming
+    the input) continues where the last one stopped and ends as one run without a stop would.
+    """
+    if packing not in (*PACKINGS, "both"):
+        raise ValueError(f"unknown packing {packing!r}; expected one of {PACKINGS} or both")
+    if per_image < 1:
+        raise ValueError(f"per_image must be at least 1, got {per_image}")
+    settings = {"source": source, "inpaint_model": os.path.abspath(backend.path), "steps": backend.steps,
+                "guidance_scale": backend.guidance_scale, "resolution": backend.resolution,
+                "clip_model": clip_filter and os.path.abspath(clip_filter.path),
+                "clip_threshold": clip_filter and clip_filter.threshold,
+                "packing": packing, "per_image": per_image, "seed": seed}
+    state = _start_run(out_dir, settings, resume)
+    report = NegativeImageReport(**state["report"])
+    packings = PACKINGS if packing == "both" else (packing,)
+    total = len(samples) if limit is None else min(limit, len(samples))
+    os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
+    _save_progress(out_dir, dict(state, settings=settings))  # from now on the folder can be resumed
+    jsonl = os.path.join(out_dir, "samples.jsonl")
+    if os.path.exists(jsonl):
+        os.truncate(jsonl, state["bytes"])  # the lines of an image the last run did not finish
+    from tqdm import tqdm
+
+    with open(jsonl, "ab") as f:
+        for i in tqdm(range(state["done"], total), desc="negative images", unit="image", initial=state["done"],
+                      total=total, disable=not progress):
+            lines = _negatives_of(i, samples[i], out_dir, backend, clip_filter, packings, per_image, seed, report)
+            f.write("".join(lines).encode("utf-8"))
+            f.flush()
+            report.images += 1
+            _save_progress(out_dir, {"settings": settings, "done": i + 1, "bytes": f.tell(), "report": asdict(report)})
+    return report
+
+
+def _negatives_of(i: int, sample: dict, out_dir: str, backend: InpaintingBackend, clip_filter: ClipFilter | None,
+                  packings: Sequence[str], per_image: int, seed: int, report: NegativeImageReport) -> list[str]:
+    """Paint, pack and save the negatives of input image ``i``; returns their JSONL lines."""
+    try:
+        with Image.open(sample["image"]) as im:
+            image = im.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        report.unreadable += 1
+        return []
+    skipped = Counter()
+    negatives = negative_images(image, sample, backend, clip_filter=clip_filter, rng=random.Random(f"{seed}:{i}"),
+                                max_images=per_image, skipped=skipped)
+    for reason, n in skipped.items():
+        setattr(report, reason, getattr(report, reason) + n)
+    lines = []
+    for k, negative in enumerate(negatives):
+        for packing in packings:
+            packed_image, packed = pack_real_negative(image, sample, negative, packing)
+            name = f"images/{i:07d}_{k}_{packing}.png"
+            packed_image.save(os.path.join(out_dir, name))
+            lines.append(json.dumps(dict(packed, image=name), ensure_ascii=False) + "\n")
+    report.negatives += len(negatives)
+    report.samples += len(lines)
+    return lines
+
+
+def _start_run(out_dir: str, settings: dict, resume: bool) -> dict:
+    """The state to start from: nothing done for an empty folder, else (``resume``) the last run's."""
+    if not os.path.isdir(out_dir) or not os.listdir(out_dir):
+        return {"done": 0, "bytes": 0, "report": {}}
+    path = os.path.join(out_dir, PROGRESS_FILE)
+    if not resume:
+        raise ValueError(f"output folder {out_dir!r} is not empty: resume its run (--resume) or choose an empty one")
+    if not os.path.isfile(path):
+        raise ValueError(f"output folder {out_dir!r} is not empty and has no {PROGRESS_FILE} of a run to resume")
+    with open(path, encoding="utf-8") as f:
+        state = json.load(f)
+    changed = sorted(k for k in settings.keys() | state["settings"].keys()
+                     if settings.get(k) != state["settings"].get(k))
+    if changed:
+        raise ValueError(f"cannot resume the run in {out_dir!r} with other settings: {changed} differ")
+    return state
+
+
+def _save_progress(out_dir: str, state: dict) -> None:
+    path = os.path.join(out_dir, PROGRESS_FILE)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(state, f, indent=1)
+    os.replace(path + ".tmp", path)  # a stop mid-write leaves the previous state whole
