@@ -7,6 +7,10 @@ nothing changes on a machine with CUDA (NCCL is chosen by accelerate as usual).
   build of about 35 s on first use); it only speeds up CPU all-reduce, and gloo's collectives do.
 - **A backend for launched runs.** accelerate, not told ``cpu`` and finding no accelerator,
   chooses no backend; a launched (torchrun / deepspeed) run on CPU is given ``ddp_backend: gloo``.
+- **DDP for launched runs without DeepSpeed.** Given only the backend, accelerate joins the
+  processes but records ``distributed_type = NO``: the Trainer then wraps nothing in DDP and every
+  process trains its own copy (the weights drift apart from the first step). Told ``use_cpu``, it
+  records ``MULTI_CPU`` and the Trainer wraps the model in DDP over gloo.
 - **DeepSpeed's world.** ``TrainingArguments._setup_devices`` passes ``ddp_backend`` to accelerate
   in every branch except DeepSpeed's. accelerate then keeps backend None: ``deepspeed.comm`` still
   joins the processes, but accelerate records ``distributed_type = NO`` and ``num_processes = 1``,
@@ -33,6 +37,8 @@ def prepare_cpu_processes(args) -> None:
     if args.deepspeed:
         configure_deepspeed_state(args.ddp_backend)
         args.accelerator_config = {**(args.accelerator_config or {}), "use_configured_state": True}
+    else:
+        args.use_cpu = True  # accelerate's MULTI_CPU: the model is wrapped in DDP (see the module's notes)
 
 
 def disable_shm_op() -> None:
