@@ -137,21 +137,29 @@ class ExampleEncoder:
 
     def hinge_suffixes(self, example: dict) -> list[list[int]]:
         """Token ids that follow the image when the example's first ground-truth box is scored under its
-        phrase (first) and under each negative phrase of the prompt (rexomni.negatives.Variant); empty
-        when the example has no negative phrase or no box of a named phrase (visual prompts, points)."""
+        phrase (first) and under each negative variant of its prompt, built as inference builds them
+        (rexomni.negatives.request_negatives): its negative phrases, then its negative boxes as one group
+        (the visual-prompting prompt). At most ``hinge_max_negatives`` variants: the box group counts
+        first, the phrases fill the rest. Empty when the prompt has no negatives or the example no box of
+        a named phrase (visual prompts, points)."""
         from rexomni.codec import get_codec
-        from rexomni.negatives import Variant
+        from rexomni.negatives import Variant, request_negatives
         from rexomni.prompts import box_tokens
 
-        negatives = list((example.get("negatives") or {}).get("phrases", []))[: self.hinge_max_negatives]
-        if not negatives or example.get("task") not in ("grounding", "referring"):
+        negatives = example.get("negatives") or {}
+        boxes = list(negatives.get("boxes", []))
+        phrases = list(negatives.get("phrases", []))[: self.hinge_max_negatives - bool(boxes)]
+        if not (phrases or boxes) or example.get("task") not in ("grounding", "referring"):
             return []
         target = next((t for t in example["targets"] if t.get("bbox") is not None), None)
         if target is None:
             return []
-        box = box_tokens(target["bbox"], example["width"], example["height"], get_codec(self.hinge_codec))
-        return [self.tokenizer.encode(Variant.phrase(p).scoring_text(self._tail, box), add_special_tokens=False)
-                for p in [target["phrase"]] + negatives]
+        codec = get_codec(self.hinge_codec)
+        request = {"negatives": phrases, "negative_boxes": boxes, "width": example["width"],
+                   "height": example["height"]}
+        variants = [Variant.phrase(target["phrase"])] + request_negatives(request, codec)
+        box = box_tokens(target["bbox"], example["width"], example["height"], codec)
+        return [self.tokenizer.encode(v.scoring_text(self._tail, box), add_special_tokens=False) for v in variants]
 
 
 class MixtureDataset(torch.utils.data.Dataset):

@@ -119,9 +119,10 @@ class NegativeHingeLoss:
     ``weight * mean over (box, negative) pairs of max(0, S_neg - S_pos + eta)``.
 
     ``S`` is the mean log-probability of a ground-truth box's four coordinate tokens, teacher-forced after
-    the released detection prompt for one phrase (rexomni.negatives): S_pos under the box's own phrase,
-    S_neg under a negative phrase of the same example. The loss is zero once every box is at least
-    ``eta`` nats per token more likely under its phrase than under each negative.
+    a variant's prompt, as NNC scores boxes at inference (rexomni.negatives): S_pos under the released
+    detection prompt for the box's own phrase, S_neg under each negative of the same example's prompt (a
+    negative phrase, or its negative boxes as the examples of a visual prompt). The loss is zero once
+    every box is at least ``eta`` nats per token more likely under its phrase than under each negative.
 
     The rows (built by ``ExampleEncoder.hinge_suffixes``) are scored in one batched pass per batch that
     shares each image's prefix (:func:`rexomni.negatives.suffix_logprobs`): a KV cache of the prefix
@@ -136,18 +137,10 @@ class NegativeHingeLoss:
         self.weight, self.eta, self.vision_end_id, self.pad_id = float(weight), float(eta), vision_end_id, pad_id
 
     def __call__(self, model, inputs, outputs, labels):
-        from rexomni.negatives import suffix_logprobs
-
         if "hinge_ids" not in inputs:
             return torch.zeros((), device=labels.device), {}
-        owner = inputs["hinge_example"].tolist()
-        examples = sorted(set(owner))
-        lengths = inputs["hinge_lengths"].tolist()
-        suffixes = [row[:n] for row, n in zip(inputs["hinge_ids"].tolist(), lengths)]
-        checkpointing = any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
-        scores = suffix_logprobs(model, self.image_prefixes(inputs, examples), [examples.index(e) for e in owner],
-                                 suffixes, share_prefix=not checkpointing, pad_id=self.pad_id)
-        positive = inputs["hinge_positive"].tolist()
+        scores = self.row_scores(model, inputs)
+        owner, positive = inputs["hinge_example"].tolist(), inputs["hinge_positive"].tolist()
         own_row = {e: k for k, (e, p) in enumerate(zip(owner, positive)) if p}  # each example's positive row
         negative_rows = [k for k, p in enumerate(positive) if not p]
         margin = scores[[own_row[owner[k]] for k in negative_rows]] - scores[negative_rows]  # S_pos - S_neg
@@ -156,6 +149,19 @@ class NegativeHingeLoss:
         logs = {"hinge/loss": float(loss.detach()), "hinge/active": float((hinge > 0).float().mean()),
                 "hinge/margin": float(margin.detach().mean())}
         return self.weight * loss, logs
+
+    def row_scores(self, model, inputs) -> torch.Tensor:
+        """S of every row of the batch (``hinge_*``), differentiable: one batched pass sharing each image's
+        prefix. ``model`` may be wrapped (DDP, DeepSpeed): the passes go to the module inside it, and
+        their gradients join the main loss's in the wrapper's reduction (rexomni.negatives)."""
+        from rexomni.negatives import suffix_logprobs
+
+        owner = inputs["hinge_example"].tolist()
+        examples = sorted(set(owner))
+        suffixes = [row[:n] for row, n in zip(inputs["hinge_ids"].tolist(), inputs["hinge_lengths"].tolist())]
+        checkpointing = any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+        return suffix_logprobs(model, self.image_prefixes(inputs, examples), [examples.index(e) for e in owner],
+                               suffixes, share_prefix=not checkpointing, pad_id=self.pad_id)
 
     def image_prefixes(self, inputs, examples: list[int]) -> dict:
         """The prefixes (through ``<|vision_end|>``) of the batch's ``examples``, left-padded, with their images."""

@@ -31,6 +31,15 @@ def single_object_data(size: int = 112, seed: int = 0) -> dict:
                          "tasks": {"grounding": 1}}]}
 
 
+def negatives_data(size: int = 112, drop: float = 0.0) -> dict:
+    """Scenes whose prompts name a present look-alike as a negative phrase, half the time with its boxes as
+    negative boxes (never dropped by default)."""
+    return {"seed": 1, "codec": "center", "paraphrase": False, "negative_drop_prob": drop,
+            "sources": [{"name": "look-alikes", "tasks": {"referring": 1, "grounding": 1},
+                         "synth": {"mode": "single", "size": size, "num_objects": [2, 3], "distractors": True,
+                                   "negative_prob": 1.0, "masks": False}}]}
+
+
 def tiny_overrides(output_dir: str, **extra) -> dict:
     """Overrides of tiny.yaml for a quick, quiet run writing to ``output_dir``."""
     base = {"output_dir": str(output_dir), "max_steps": 4, "per_device_train_batch_size": 4,
