@@ -8,8 +8,10 @@ columns of :mod:`rexomni.grpo.rewards`:
     task         the core task whose prompt was asked (detection, pointing, ...)
     categories   the asked phrases;  phrases: the names the answer may use (the grammar constraint's list)
     objects      the ground truth of the asked phrases (sample schema: phrase, bbox, point, mask, ...)
-    negatives    {"phrases": [...], "boxes": [...]}: the prompt's negative phrases; its negative boxes and the
-                 ground-truth boxes of the objects a negative phrase names (what the answer must not box)
+    negatives    {"phrases": [...], "boxes": [...]}: the prompt's negative phrases; its negative boxes, the
+                 ground-truth boxes of the objects a negative phrase names and, on a painted negative image
+                 (``rexomni data negative-images``) asking its original phrase, the painted box: what the
+                 answer must not box
     width, height, coord_codec
 
 The prompt text is the mixture's (data_engines.tasks builds it with rexomni.prompts.build_prompt); with
@@ -66,6 +68,9 @@ def prompt_row(example: dict, sample: dict, codec: str) -> dict:
     negative_phrases = list(negatives.get("phrases", []))
     named = [o["bbox"] for o in sample.get("objects", []) + sample.get("held_out", [])
              if o.get("phrase") in negative_phrases and o.get("bbox") is not None]
+    edit = sample.get("negative_edit")  # a painted negative image: its box no longer shows the original phrase
+    if edit and edit["original"] in asked:
+        named.append(edit["box"])
     boxes = [list(b) for b in dict.fromkeys(tuple(b) for b in list(negatives.get("boxes", [])) + named)]
     return {
         "prompt": build_messages(example["prompt"], system=SYSTEM_PROMPT),

@@ -26,6 +26,9 @@ from rexomni.data_engines.synth import generate_scene
 from rexomni.data_engines.tasks import build_example
 
 from rexomni.cli import main
+from rexomni.grammar import format_answer
+from rexomni.grpo.data import PromptRows
+from rexomni.grpo.rewards import negative_penalty
 
 
 def _outside_equal(a, b, box):
@@ -360,6 +363,30 @@ def test_written_negatives_are_a_mixture_source(written):
                 if not expected:
                     assert f"{phrase}<|object_ref_end|><|box_start|>None" in example["answer"]
     assert asked_edited > 10
+
+
+def test_grpo_punishes_a_box_on_the_painted_region(written):
+    """GRPO's compliance reward reads the painted box as one the answer must not box, when the row asks the
+    phrase that was painted over."""
+    out, _ = written
+    mixture = Mixture({"seed": 0, "sources": [{"name": "painted", "path": str(out / "samples.jsonl"),
+                                               "tasks": {"grounding": 1}}]})
+    rows = PromptRows(mixture, 16)
+    checked = 0
+    for i in range(len(rows)):
+        row = rows[i]
+        if not row["negatives"]["boxes"]:
+            continue
+        columns = {k: [row[k]] for k in ("objects", "categories", "negatives", "width", "height", "coord_codec",
+                                         "task")}
+        asked = row["categories"][0]
+        painted = format_answer([{"phrase": asked, "bbox": row["negatives"]["boxes"][0]}], row["width"],
+                                row["height"], phrases=[asked])
+        right = format_answer(row["objects"], row["width"], row["height"], phrases=row["categories"])
+        assert negative_penalty([row["prompt"]], [painted], **columns) == [-1.0]
+        assert negative_penalty([row["prompt"]], [right], **columns) == [0.0]
+        checked += 1
+    assert checked >= 4
 
 
 def test_negative_images_resume_where_a_run_stopped(photos, written, tiny_inpainting, tiny_clip, tmp_path):
