@@ -13,6 +13,7 @@ reads and never guesses (:class:`RexOmniSettings`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -140,6 +141,9 @@ def build_model(preset: str, tokenizer, *, seed: int = 0, device: str | None = N
 
     ``device="meta"`` builds the shapes only (for the 3b preset on a small machine). Embedding rows
     of the coordinate and negative tokens are initialised by :func:`rexomni.tokens.grow_embeddings`.
+
+    The weights depend on ``seed`` only: also under DeepSpeed ZeRO-3 the model is built whole, on
+    every process the same (see :func:`_built_whole`), and DeepSpeed partitions it when its engine starts.
     """
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -149,16 +153,39 @@ def build_model(preset: str, tokenizer, *, seed: int = 0, device: str | None = N
     config = preset_config(preset, tokenizer)
     config.text_config._attn_implementation = config._attn_implementation = "sdpa"
     token_ids = prepare_tokenizer(tokenizer)
-    torch.manual_seed(seed)
-    with torch.device(device or "cpu"):
-        model = Qwen2_5_VLForConditionalGeneration(config)
     # Treat the coordinate and negative tokens as new so that their rows get the ordinal init.
     token_ids.added = [tokenizer.convert_ids_to_tokens(i) for i in token_ids.coords] + list(token_ids.negatives)
-    if device != "meta":
-        grow_embeddings(model, tokenizer, token_ids)
+    torch.manual_seed(seed)
+    with _built_whole(), torch.device(device or "cpu"):
+        model = Qwen2_5_VLForConditionalGeneration(config)
+        if device != "meta":
+            grow_embeddings(model, tokenizer, token_ids)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = end_of_answer_ids(tokenizer)
     return model
+
+
+@contextlib.contextmanager
+def _built_whole():
+    """Build models as without DeepSpeed, also while a ZeRO-3 config is active (a ZeRO-3 run's
+    ``TrainingArguments`` registers one with transformers).
+
+    Under ZeRO-3, transformers builds each sub-model (vision tower, language model) partitioned under
+    ``deepspeed.zero.Init`` and initialises it on rank 0 only; the composite model's own ``post_init``
+    then initialises the empty shards of the other ranks again and fails (``IndexError`` at the
+    padding row; transformers PR #47297). Even in one process those weights differ from a plain build
+    with the same seed. Built whole, every process draws the same seeded weights, those of a run
+    without DeepSpeed; the DeepSpeed engine partitions them later (rank 0's, broadcast). The cost is
+    one full float32 copy per process while building (about 15 GB for the 3b preset).
+    """
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    registered = hf_deepspeed._hf_deepspeed_config_weak_ref  # transformers offers no getter
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = registered
 
 
 def preset_settings(preset: str, **overrides) -> RexOmniSettings:

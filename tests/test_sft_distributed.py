@@ -1,7 +1,7 @@
 """SFT as separate processes: exact resume after SIGKILL, two "nodes" on 127.0.0.1 (gloo) training
 with DeepSpeed ZeRO-2 through the Trainer, ZeRO-3 through the single-node launcher (from the tiny
-preset and from a plain Qwen2.5-VL base folder), LoRA under ZeRO-2, and the negative hinge loss on two
-processes under DDP, ZeRO-2 and ZeRO-3."""
+preset and from a plain Qwen2.5-VL base folder), LoRA under ZeRO-2, the negative hinge loss on two
+processes under DDP, ZeRO-2 and ZeRO-3, and ZeRO-3 on two processes from the tiny preset."""
 
 from __future__ import annotations
 
@@ -236,8 +236,30 @@ def save_rank_weights(model, inputs, outputs, labels):
     params = dict(model.named_parameters())
     with torch.no_grad(), deepspeed.zero.GatheredParameters(list(params.values())):  # a no-op unless ZeRO-3
         state = {name: p.detach().clone().contiguous() for name, p in params.items()}
-    save_file(state, os.path.join(os.environ["RANK_WEIGHTS_DIR"], f"rank{os.environ['RANK']}.safetensors"))
+    save_file(state, rank_weights_file())
     return torch.zeros((), device=labels.device)
+
+
+def save_initial_rank_weights(model, inputs, outputs, labels):
+    """:func:`save_rank_weights` at the first step only: the file holds the weights training started from."""
+    if os.path.exists(rank_weights_file()):
+        return torch.zeros((), device=labels.device)
+    return save_rank_weights(model, inputs, outputs, labels)
+
+
+def rank_weights_file() -> str:
+    return os.path.join(os.environ["RANK_WEIGHTS_DIR"], f"rank{os.environ['RANK']}.safetensors")
+
+
+def run_with_weight_hook(folder, overrides: dict, hook: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """``overrides`` on 2 processes (single_node.sh) with ``hook`` (a function of this file) as the extra
+    loss writing each rank's weights to ``folder``; returns the finished run and the weights of rank 0 and 1."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    pythonpath = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)
+    proc = run_single_node({**overrides, "extra_loss": f"test_sft_distributed:{hook}"}, nproc=2,
+                           RANK_WEIGHTS_DIR=str(folder), PYTHONPATH=pythonpath)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc, [load_file(os.path.join(folder, f"rank{r}.safetensors")) for r in (0, 1)]
 
 
 def train_with_hinge(folder, checkpoint: str, **extra) -> tuple[list[dict], list[dict[str, torch.Tensor]]]:
@@ -246,13 +268,10 @@ def train_with_hinge(folder, checkpoint: str, **extra) -> tuple[list[dict], list
     Returns (rank 0's logged steps, each rank's weights at the last step)."""
     overrides = tiny_overrides(folder, preset="null", model_name_or_path=checkpoint, max_steps=3,
                                per_device_train_batch_size=2, data=negatives_data(), negative_hinge_weight=1.0,
-                               extra_loss="test_sft_distributed:save_rank_weights", **extra)
-    tests = os.path.dirname(os.path.abspath(__file__))
-    pythonpath = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)
-    proc = run_single_node(overrides, nproc=2, RANK_WEIGHTS_DIR=str(folder), PYTHONPATH=pythonpath)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+                               **extra)
+    proc, ranks = run_with_weight_hook(folder, overrides, "save_rank_weights")
     logged = [ast.literal_eval(line) for line in proc.stdout.splitlines() if line.startswith("{'loss'")]
-    return logged, [load_file(os.path.join(folder, f"rank{r}.safetensors")) for r in (0, 1)]
+    return logged, ranks
 
 
 def assert_hinge_ran(logged: list[dict]) -> None:
@@ -301,3 +320,32 @@ def test_hinge_under_deepspeed_zero_trains_as_ddp_does(tmp_path, ddp_hinge_run, 
         [float(step["hinge/loss"]) for step in ddp_logged], rel=1e-2)
     apart = sum(int(((ranks[0][k] - ddp_ranks[0][k]).abs() > 1e-5).sum()) for k in ranks[0])
     assert apart <= 1e-4 * sum(t.numel() for t in ranks[0].values()), f"{apart} weights differ from DDP's"
+
+
+# --------------------------------------------------------------------------- ZeRO-3 from a preset, two processes
+
+
+def test_zero3_on_two_processes_from_the_tiny_preset_starts_from_the_seeded_weights(tmp_path, test_tokenizer):
+    """A from-scratch ZeRO-3 run on 2 processes (it once failed on rank 1 inside transformers' weight
+    init): both ranks start from exactly the weights ``build_model`` draws in one process without
+    DeepSpeed for the run's seed, the parameters are partitioned over the two ranks, and the trained
+    model saved in output_dir loads."""
+    from rexomni.api import RexOmni
+    from rexomni.modeling import build_model
+
+    overrides = tiny_overrides(tmp_path, seed=3, max_steps=2, save_steps=2, per_device_train_batch_size=2,
+                               deepspeed=os.path.join(REPO, "sft", "configs", "ds_zero3.json"))
+    _, ranks = run_with_weight_hook(tmp_path, overrides, "save_initial_rank_weights")
+    initial = dict(build_model("tiny", test_tokenizer, seed=3).named_parameters())
+    for rank, weights_at_start in enumerate(ranks):
+        started = {key.removeprefix("module."): value for key, value in weights_at_start.items()}
+        assert started.keys() == initial.keys()
+        for key, value in started.items():
+            assert torch.equal(value, initial[key]), f"rank {rank}: {key} is not the seeded initial weight"
+    shards = sorted(p.name for p in (tmp_path / "checkpoint-2" / "global_step2").glob("*model_states.pt"))
+    assert len(shards) == 2, f"ZeRO-3 should partition the parameters over 2 ranks, found {shards}"
+
+    trained = dict(RexOmni.from_pretrained(str(tmp_path), device="cpu").model.named_parameters())
+    assert trained.keys() == initial.keys()
+    assert all(torch.isfinite(value).all() for value in trained.values())
+    assert any(not torch.equal(trained[key], initial[key]) for key in initial), "training moved the weights"
