@@ -81,30 +81,33 @@ def test_variant_scores_share_the_prefix_and_equal_plain_teacher_forcing(tiny_re
 
 
 def test_suppression_and_ood_follow_their_formulas(shipped, scene):
+    """The negatives score the boxes only (the shipped model was never trained with them in the prompt, where
+    it answers None): the answer is the plain one, the scores are NNC's and the OOD scores NegS's."""
     image, categories = scene
     negatives = ["orange diamond", "red heart"]
-    assert len(shipped.detect(image, categories)) >= 1, "the scene must give the shipped model a box"
-    kept = shipped.detect(image, categories, negatives=negatives, suppress=True, suppress_threshold=0.0, ood=True)
-    assert len(kept) >= 1 and "negatives_s" in kept.timing
-    [request] = shipped.prepare(image, "detection", categories, negatives=negatives)
+    plain = shipped.detect(image, categories)
+    assert len(plain) >= 1, "the scene must give the shipped model a box"
+    options = dict(negatives=negatives, negatives_in_prompt=False)
+    kept = shipped.detect(image, categories, suppress=True, suppress_threshold=0.0, ood=True, **options)
+    assert "negatives_s" in kept.timing
+    # Nothing dropped at threshold 0: the same boxes as without suppression.
+    assert kept.labels == plain.labels and np.allclose(kept.boxes, plain.boxes)
+    [request] = shipped.prepare(image, "detection", categories, **options)
     for i, (label, bins) in enumerate(zip(kept.labels, box_bins(kept, shipped.codec))):
         s_pos = teacher_forced(shipped, image, label, bins)
         s_neg = max(teacher_forced(shipped, image, n, bins) for n in negatives)
         s_id = max(teacher_forced(shipped, image, c, bins) for c in request["phrases"])
         assert kept.scores[i] == pytest.approx(1 / (1 + np.exp(-(s_pos - DEFAULT_BETA * s_neg))), rel=1e-3)
         assert kept.ood_scores[i] == pytest.approx(1 / (1 + np.exp(-(s_id - s_neg))), rel=1e-3)
-    # The same boxes as without suppression when nothing is dropped (the prompt holds the negatives).
-    again = shipped.detect(image, categories, negatives=negatives)
-    assert again.labels == kept.labels and np.allclose(again.boxes, kept.boxes)
     # In a batch, next to an image without boxes (which runs no prefix), the same scores.
-    requests = shipped.prepare([image, image], "detection", categories, negatives=negatives)
-    empty, batched = rescore(shipped, requests, [Result("detection", 224, 224), again], suppress=True, threshold=0.0,
+    requests = shipped.prepare([image, image], "detection", categories, **options)
+    empty, batched = rescore(shipped, requests, [Result("detection", 224, 224), plain], suppress=True, threshold=0.0,
                              ood=True)
     assert len(empty) == 0 and len(empty.ood_scores) == 0
     assert np.allclose(batched.scores, kept.scores) and np.allclose(batched.ood_scores, kept.ood_scores)
     # A threshold above every score drops every box; the scores kept are NNC's, and ood_scores follow.
     high = float(kept.scores.max()) + 1e-6
-    dropped = shipped.detect(image, categories, negatives=negatives, suppress=True, suppress_threshold=high, ood=True)
+    dropped = shipped.detect(image, categories, suppress=True, suppress_threshold=high, ood=True, **options)
     assert len(dropped) == 0 and len(dropped.ood_scores) == 0
 
 
