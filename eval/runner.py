@@ -24,7 +24,9 @@ datasets:
 ```
 
 Predictions are cached in ``OUT/predictions/<dataset>.jsonl``, one line per sample, flushed per
-batch: a re-run reads the cache and runs only the samples not in it, so a killed run resumes.
+batch: a re-run reads the cache and runs only the samples not in it, so a killed run resumes. The
+cache is kept only for the same model and request (``<dataset>.fingerprint.json``: the model's name,
+its weight files' sizes and times, the data set's options); another one starts it over.
 An image that cannot be read is recorded as skipped (and not retried), counted, and left out of the
 scores.
 """
@@ -35,7 +37,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -143,13 +145,29 @@ class BenchmarkSpec:
 
 
 class PredictionCache:
-    """An append-only JSONL of predictions, one line per sample key; ``path`` None keeps them in memory."""
+    """An append-only JSONL of predictions, one line per sample key; ``path`` None keeps them in memory.
 
-    def __init__(self, path: str | os.PathLike | None = None):
+    ``fingerprint`` (JSON-able) says what the predictions depend on (:func:`run_fingerprint`); it is kept
+    next to the file, and a file made under another fingerprint (another model, new weights in the same
+    folder, other request options) is started over, not reused."""
+
+    def __init__(self, path: str | os.PathLike | None = None, fingerprint: Mapping | None = None):
         self.path = Path(path) if path is not None else None
         self.lines: dict[str, dict] = {}
+        if self.path is not None and fingerprint is not None:
+            self._check_fingerprint(json.loads(json.dumps(fingerprint, sort_keys=True, default=str)))
         if self.path is not None and self.path.exists():
             self._read()
+
+    def _check_fingerprint(self, fingerprint: dict) -> None:
+        stamp = self.path.with_suffix(".fingerprint.json")
+        if self.path.exists():
+            previous = json.loads(stamp.read_text(encoding="utf-8")) if stamp.exists() else None
+            if previous != fingerprint:
+                logger.warning("%s holds predictions of another model or request; predicting again", self.path)
+                self.path.unlink()
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(json.dumps(fingerprint, sort_keys=True, indent=1), encoding="utf-8")
 
     def _read(self) -> None:
         with open(self.path, encoding="utf-8") as f:
@@ -347,13 +365,28 @@ def run_benchmark(model: Any, spec: BenchmarkSpec | str | os.PathLike, out_dir: 
                                                    check_images=True)
         if dataset.limit is not None:
             samples = samples[: dataset.limit]
-        cache = PredictionCache(out_dir / "predictions" / f"{dataset.name}.jsonl")
+        cache = PredictionCache(out_dir / "predictions" / f"{dataset.name}.jsonl", run_fingerprint(model, dataset))
         metrics, dataset_curves = evaluate_samples(model, samples, dataset, protocol, spec.batch_size, cache, progress)
         metrics["skipped_images"] += unreadable
         results[dataset.name], curves[dataset.name] = metrics, dataset_curves
     write_reports(results, curves, out_dir, title=f"{spec.name} ({get_protocol(protocol).name} protocol)",
                   tables=spec.tables)
     return results
+
+
+def run_fingerprint(model: Any, dataset: DatasetSpec) -> dict:
+    """What a data set's predictions depend on: the model (its name and, for a folder, the size and time
+    of its weight and config files, so that new weights under the same name count as another model) and
+    how the data set is asked (everything but ``limit`` and ``metrics``, which only choose and score)."""
+    name = str(getattr(model, "name", None) or type(model).__name__)
+    files = {}
+    if os.path.isdir(name):
+        for file in sorted(os.listdir(name)):
+            if file.endswith(".safetensors") or file in ("config.json", "rexomni_config.json"):
+                stat = os.stat(os.path.join(name, file))
+                files[file] = [stat.st_size, stat.st_mtime_ns]
+    asked = {k: v for k, v in asdict(dataset).items() if k not in ("limit", "metrics")}
+    return {"model": name, "files": files, "dataset": asked}
 
 
 def one_phrase_each(samples: list[dict]) -> list[dict]:

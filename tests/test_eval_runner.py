@@ -40,6 +40,7 @@ class StandIn:
 
     calls: list = field(default_factory=list)
     fail_after: int | None = None
+    name: str | None = None
 
     def predict(self, images, task="detection", categories=(), negatives=None, **kwargs):
         if self.fail_after is not None and len(self.calls) >= self.fail_after:
@@ -107,6 +108,27 @@ def test_run_scores_caches_and_reports(benchmark):
     again = StandIn()
     assert run_benchmark(again, benchmark / "spec.yaml", out, progress=False) == results
     assert again.calls == []
+
+
+def test_the_cache_is_started_over_for_another_model_or_new_weights(benchmark):
+    """Cached predictions belong to one model: another model, or new weights in the same folder, predicts again
+    (a stale cache would score the old model under the new one's name)."""
+    folder = benchmark / "model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"old weights")
+    out = benchmark / "out"
+    run_benchmark(StandIn(name=str(folder)), benchmark / "spec.yaml", out, progress=False)
+    same = StandIn(name=str(folder))
+    run_benchmark(same, benchmark / "spec.yaml", out, progress=False)
+    assert same.calls == []
+    (folder / "model.safetensors").write_bytes(b"new weights, longer")
+    retrained = StandIn(name=str(folder))
+    run_benchmark(retrained, benchmark / "spec.yaml", out, progress=False)
+    assert len(retrained.calls) == 3
+    other = StandIn(name="another-model")
+    run_benchmark(other, benchmark / "spec.yaml", out, progress=False)
+    assert len(other.calls) == 3
+    assert len((out / "predictions" / "toy-set.jsonl").read_text().splitlines()) == 5  # not appended to the old
 
 
 def test_an_image_unreadable_at_prediction_time_is_skipped_once(tmp_path):
@@ -197,7 +219,7 @@ class Counting:
     """Wraps a model and counts the images it is asked about."""
 
     def __init__(self, model):
-        self.model, self.images = model, 0
+        self.model, self.images, self.name = model, 0, model.name  # the same model, for the cache
 
     def predict(self, images, **kwargs):
         self.images += len(images)
