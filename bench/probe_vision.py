@@ -1,0 +1,229 @@
+"""What do the image tokens know? The probes behind docs/recipe.md's "recognition" section.
+
+    python bench/probe_vision.py tokens MODEL [MODEL ...] [--scenes 1200]
+    python bench/probe_vision.py learn [--preset tiny] [--pixels 112] [--width 64] [--depth 4] [--steps 2000]
+    (both: [--seed 0] [--threads N])
+    python bench/probe_vision.py names runs/eval/NAME/predictions/detect-all.jsonl
+
+- ``tokens``: a linear probe. Each model reads one-shape scenes of the synthetic benchmark's family
+  (8 kinds x 11 colours, medium and large, plain or noisy backgrounds); the merged image token under
+  the shape's centre, next to the mean of all tokens, is the feature. A softmax classifier is fitted
+  on three quarters of the scenes and scored on the rest, for the shape's kind and for its colour.
+  A random-weight model (``random:tiny``, probed first unless another ``random:PRESET`` is named)
+  gives the baseline: what the pixels tell without training.
+- ``learn``: the vision tower alone. A fresh Qwen2.5-VL vision tower of the preset (width, depth,
+  input pixels and patch size overridable), its merged tokens averaged and read by a linear layer,
+  is trained as a classifier of kind and colour on fresh one-shape scenes (AdamW, batch 32); it
+  prints held-out accuracy every ``--eval-every`` steps. This is the most direct signal the tower
+  can get: the steps it needs here are a floor for the steps the whole model needs to name shapes.
+- ``names``: what a model writes when nobody names the shapes. Reads the predictions ``rexomni eval
+  --benchmark eval/benchmarks/synth_detect_all.yaml`` cached, and, for every box that lands on a
+  shape (IoU >= 0.5), checks the colour and the kind of the name written next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+from rexomni.data_engines.synth import COLORS
+from rexomni.data_engines.synth import TRAIN_KINDS as KINDS
+
+SCENES = dict(mode="single", size=224, sizes=["medium", "large"], distractors=False)
+COLOURS = tuple(COLORS)
+
+
+def one_shape_scenes(n: int, seed: int) -> list[dict]:
+    from rexomni.eval.runner import synth_samples
+
+    return synth_samples(dict(SCENES, num_objects=[1, 1], n=n, seed=seed))
+
+
+def labels(scenes: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each scene's shape: kind and colour as class indices."""
+    attributes = [s["objects"][0]["attributes"] for s in scenes]
+    return (torch.tensor([KINDS.index(a["kind"]) for a in attributes]),
+            torch.tensor([COLOURS.index(a["color"]) for a in attributes]))
+
+
+def image_tokens(model, scenes: list[dict]) -> torch.Tensor:
+    """One feature per scene: the merged token under the shape's centre and the mean of all tokens."""
+    processor = model.processor.image_processor
+    features = []
+    for start in range(0, len(scenes), 64):
+        batch = scenes[start:start + 64]
+        requests = model.prepare([s["image"] for s in batch], task="detection", categories=["shape"])
+        inputs = processor(images=[r["image"] for r in requests], return_tensors="pt")
+        with torch.no_grad():
+            out = model.model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+        tokens = out.pooler_output if hasattr(out, "pooler_output") else out
+        tokens = torch.cat(list(tokens)) if isinstance(tokens, (list, tuple)) else tokens
+        _, rows, cols = (int(v) // 2 for v in inputs["image_grid_thw"][0])  # one size: every scene is 224 x 224
+        tokens = tokens.view(len(batch), rows, cols, -1)
+        for scene, grid in zip(batch, tokens):
+            x0, y0, x1, y1 = scene["objects"][0]["bbox"]
+            width, height = scene["image"].size
+            col = min(int((x0 + x1) / 2 / width * cols), cols - 1)
+            row = min(int((y0 + y1) / 2 / height * rows), rows - 1)
+            features.append(torch.cat([grid[row, col], grid.mean((0, 1))]))
+    return torch.stack(features)
+
+
+def linear_probe(features: torch.Tensor, targets: torch.Tensor, classes: int, steps: int = 500) -> float:
+    """Held-out accuracy of a softmax classifier fitted on the first three quarters."""
+    features = (features - features.mean(0)) / (features.std(0) + 1e-5)
+    cut = len(targets) * 3 // 4
+    layer = torch.nn.Linear(features.shape[1], classes)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=1e-2, weight_decay=1e-4)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        F.cross_entropy(layer(features[:cut]), targets[:cut]).backward()
+        optimizer.step()
+    with torch.no_grad():
+        return (layer(features[cut:]).argmax(1) == targets[cut:]).float().mean().item()
+
+
+def probe_tokens(paths: list[str], n: int, seed: int) -> None:
+    from rexomni.api import RexOmni
+    from rexomni.modeling import init_checkpoint
+
+    scenes = one_shape_scenes(n, seed)
+    kinds, colours = labels(scenes)
+    print(f"{n} one-shape scenes; chance: kind {1 / len(KINDS):.2f}, colour {1 / len(COLOURS):.2f}")
+    if not any(p.startswith("random:") for p in paths):
+        paths = ["random:tiny", *paths]
+    for path in paths:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = init_checkpoint(tmp, path.split(":", 1)[1], seed=seed) if path.startswith("random:") else path
+            model = RexOmni.from_pretrained(folder, device="cpu")
+            features = image_tokens(model, scenes)
+        print(f"{path}: kind {linear_probe(features, kinds, len(KINDS)):.2f}, "
+              f"colour {linear_probe(features, colours, len(COLOURS)):.2f}")
+
+
+def learn(args) -> None:
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+
+    from rexomni.modeling import PRESETS, preset_config
+    from rexomni.offline_tokenizer import build_test_tokenizer
+    from rexomni.processing import make_processor
+
+    torch.manual_seed(args.seed)
+    tokenizer = build_test_tokenizer()
+    config = preset_config(args.preset, tokenizer).vision_config
+    for key, value in dict(hidden_size=args.width, depth=args.depth, patch_size=args.patch).items():
+        if value is not None:
+            setattr(config, key, value)
+    if args.width is not None:
+        config.intermediate_size = 2 * args.width
+    config.fullatt_block_indexes = [i for i in config.fullatt_block_indexes if i < config.depth]
+    tower = Qwen2_5_VisionTransformerPretrainedModel(config)
+    side = args.pixels or int(PRESETS[args.preset]["max_pixels"] ** 0.5)
+    processor = make_processor(tokenizer, PRESETS[args.preset]["min_pixels"], side * side,
+                               patch_size=config.patch_size).image_processor
+    head = torch.nn.Linear(config.out_hidden_size, len(KINDS) + len(COLOURS))
+
+    def batch(n: int, seed: int):
+        scenes = one_shape_scenes(n, seed)
+        inputs = processor(images=[s["image"] for s in scenes], return_tensors="pt")
+        return (inputs["pixel_values"], inputs["image_grid_thw"], *labels(scenes))
+
+    def logits(pixels, grid):
+        out = tower(pixels, grid_thw=grid)
+        tokens = out.pooler_output if hasattr(out, "pooler_output") else out
+        return head(tokens.view(len(grid), -1, tokens.shape[-1]).mean(1))
+
+    held_out = batch(512, args.seed + 10 ** 6)
+    optimizer = torch.optim.AdamW([*tower.parameters(), *head.parameters()], lr=args.lr, weight_decay=0.0)
+    print(f"vision tower: width {config.hidden_size}, depth {config.depth}, patch {config.patch_size}, "
+          f"{side} px, {sum(p.numel() for p in tower.parameters()):,} parameters")
+    start = time.time()
+    for step in range(1, args.steps + 1):
+        pixels, grid, kind, colour = batch(args.batch, args.seed + step)
+        z = logits(pixels, grid)
+        loss = F.cross_entropy(z[:, :len(KINDS)], kind) + F.cross_entropy(z[:, len(KINDS):], colour)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % args.eval_every == 0:
+            with torch.no_grad():
+                z = logits(held_out[0], held_out[1])
+            kind_acc = (z[:, :len(KINDS)].argmax(1) == held_out[2]).float().mean().item()
+            colour_acc = (z[:, len(KINDS):].argmax(1) == held_out[3]).float().mean().item()
+            print(f"step {step}: loss {loss.item():.2f}, held-out kind {kind_acc:.2f}, colour {colour_acc:.2f} "
+                  f"({time.time() - start:.0f} s)", flush=True)
+
+
+def probe_names(predictions: str, benchmark: str, dataset: str) -> None:
+    import json
+    from collections import Counter
+
+    from rexomni.eval.boxes import box_iou
+    from rexomni.eval.runner import BenchmarkSpec, synth_samples
+
+    spec = next(d for d in BenchmarkSpec.from_yaml(benchmark).datasets if d.name == dataset)
+    with open(predictions, encoding="utf-8") as f:
+        answers = {row["key"]: row for row in map(json.loads, f)}
+    counts, confusions = Counter(), Counter()
+    for scene in synth_samples(spec.synth):
+        answer = answers.get(scene["key"])
+        if answer is None or not answer["boxes"]:
+            continue
+        ious = box_iou(answer["boxes"], [o["bbox"] for o in scene["objects"]])
+        for label, row in zip(answer["labels"], ious):
+            if row.max() < 0.5:
+                counts["boxes on no shape"] += 1
+                continue
+            truth = scene["objects"][int(row.argmax())]["attributes"]
+            colour, _, kind = label.partition(" ")
+            counts["boxes on a shape"] += 1
+            counts["colour right"] += colour == truth["color"]
+            counts["kind right"] += kind == truth["kind"]
+            counts["both right"] += colour == truth["color"] and kind == truth["kind"]
+            if kind != truth["kind"]:
+                confusions[f"{truth['kind']} -> {kind}"] += 1
+    on_shape = max(counts["boxes on a shape"], 1)
+    print(f"{predictions}: {counts['boxes on a shape']} boxes on a shape, {counts['boxes on no shape']} on none")
+    for name in ("colour right", "kind right", "both right"):
+        print(f"  {name:13s} {counts[name] / on_shape:.2f}")
+    print("  most written kinds for another:", ", ".join(f"{k} ({n})" for k, n in confusions.most_common(6)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="probe", required=True)
+    tokens = sub.add_parser("tokens", help="linear probe of checkpoints' image tokens")
+    tokens.add_argument("models", nargs="+", help="checkpoint folders, short names, or random:PRESET")
+    tokens.add_argument("--scenes", type=int, default=1200)
+    tower = sub.add_parser("learn", help="train a fresh vision tower as a shape classifier")
+    tower.add_argument("--preset", default="tiny")
+    tower.add_argument("--pixels", type=int, default=None, help="input side in pixels (default: the preset's)")
+    tower.add_argument("--width", type=int, default=None)
+    tower.add_argument("--depth", type=int, default=None)
+    tower.add_argument("--patch", type=int, default=None)
+    tower.add_argument("--steps", type=int, default=2000)
+    tower.add_argument("--eval-every", type=int, default=200)
+    tower.add_argument("--batch", type=int, default=32)
+    tower.add_argument("--lr", type=float, default=1e-3)
+    names = sub.add_parser("names", help="colour and kind of the names a detect_all answer writes")
+    names.add_argument("predictions", help="detect-all.jsonl from rexomni eval's predictions folder")
+    names.add_argument("--benchmark", default="eval/benchmarks/synth_detect_all.yaml")
+    names.add_argument("--dataset", default="detect-all")
+    for p in (tokens, tower, names):
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.probe == "tokens":
+        probe_tokens(args.models, args.scenes, args.seed)
+    elif args.probe == "names":
+        probe_names(args.predictions, args.benchmark, args.dataset)
+    else:
+        learn(args)
+
+
+if __name__ == "__main__":
+    main()
