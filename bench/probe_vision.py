@@ -2,8 +2,8 @@
 
     python bench/probe_vision.py tokens MODEL [MODEL ...] [--scenes 1200]
     python bench/probe_vision.py learn [--preset tiny] [--pixels 112] [--width 64] [--depth 4] [--steps 2000]
-    (both: [--seed 0] [--threads N])
     python bench/probe_vision.py names runs/eval/NAME/predictions/detect-all.jsonl
+    (each: [--seed 0] [--threads N])
 
 - ``tokens``: a linear probe. Each model reads one-shape scenes of the synthetic benchmark's family
   (8 kinds x 11 colours, medium and large, plain or noisy backgrounds); the merged image token under
@@ -61,7 +61,9 @@ def image_tokens(model, scenes: list[dict]) -> torch.Tensor:
             out = model.model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
         tokens = out.pooler_output if hasattr(out, "pooler_output") else out
         tokens = torch.cat(list(tokens)) if isinstance(tokens, (list, tuple)) else tokens
-        _, rows, cols = (int(v) // 2 for v in inputs["image_grid_thw"][0])  # one size: every scene is 224 x 224
+        # Every scene has one size, so one grid; merged tokens come row by row.
+        _, height, width = inputs["image_grid_thw"][0].tolist()
+        rows, cols = height // processor.merge_size, width // processor.merge_size
         tokens = tokens.view(len(batch), rows, cols, -1)
         for scene, grid in zip(batch, tokens):
             x0, y0, x1, y1 = scene["objects"][0]["bbox"]
