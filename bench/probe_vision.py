@@ -16,6 +16,9 @@
   is trained as a classifier of kind and colour on fresh one-shape scenes (AdamW, batch 32); it
   prints held-out accuracy every ``--eval-every`` steps. This is the most direct signal the tower
   can get: the steps it needs here are a floor for the steps the whole model needs to name shapes.
+  ``--dense`` asks it of every token instead, on the benchmark's crowded scenes (one to four shapes
+  and their look-alikes): the token whose cell holds a shape's centre is to name that shape, the
+  others are not scored. That is what the language model reads a kind from.
 - ``names``: what a model writes when nobody names the shapes. Reads the predictions ``rexomni eval
   --benchmark eval/benchmarks/synth_detect_all.yaml`` cached, and, for every box that lands on a
   shape (IoU >= 0.5), checks the colour and the kind of the name written next to it.
@@ -32,14 +35,23 @@ import torch.nn.functional as F
 from rexomni.data_engines.synth import COLORS
 from rexomni.data_engines.synth import TRAIN_KINDS as KINDS
 
-SCENES = dict(mode="single", size=224, sizes=["medium", "large"], distractors=False)
+SCENES = dict(mode="single", size=224, sizes=["medium", "large"])
 COLOURS = tuple(COLORS)
+IGNORE = -100  # cross_entropy's ignore_index: tokens without a shape's centre
 
 
-def one_shape_scenes(n: int, seed: int) -> list[dict]:
+def one_shape_scenes(n: int, seed: int, crowded: bool = False) -> list[dict]:
+    """One shape per scene, or (``crowded``) the benchmark's one to four shapes with look-alikes."""
     from rexomni.eval.runner import synth_samples
 
-    return synth_samples(dict(SCENES, num_objects=[1, 1], n=n, seed=seed))
+    objects = dict(num_objects=[1, 4], distractors=True) if crowded else dict(num_objects=[1, 1], distractors=False)
+    return synth_samples(dict(SCENES, **objects, n=n, seed=seed))
+
+
+def centre_cell(box, image_size, rows: int, cols: int) -> tuple[int, int]:
+    """The token grid cell (row, column) that holds the centre of ``box``."""
+    (x0, y0, x1, y1), (width, height) = box, image_size
+    return min(int((y0 + y1) / 2 / height * rows), rows - 1), min(int((x0 + x1) / 2 / width * cols), cols - 1)
 
 
 def labels(scenes: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,6 +59,20 @@ def labels(scenes: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
     attributes = [s["objects"][0]["attributes"] for s in scenes]
     return (torch.tensor([KINDS.index(a["kind"]) for a in attributes]),
             torch.tensor([COLOURS.index(a["color"]) for a in attributes]))
+
+
+def token_labels(scenes: list[dict], rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per token, row by row: kind and colour of the shape whose centre is in its cell, else IGNORE.
+    Where two centres share a cell, the larger shape names it."""
+    kinds = torch.full((len(scenes), rows, cols), IGNORE)
+    colours = torch.full((len(scenes), rows, cols), IGNORE)
+    for i, scene in enumerate(scenes):
+        by_area = sorted(scene["objects"], key=lambda o: (o["bbox"][2] - o["bbox"][0]) * (o["bbox"][3] - o["bbox"][1]))
+        for shape in by_area:
+            row, col = centre_cell(shape["bbox"], scene["image"].size, rows, cols)
+            kinds[i, row, col] = KINDS.index(shape["attributes"]["kind"])
+            colours[i, row, col] = COLOURS.index(shape["attributes"]["color"])
+    return kinds.flatten(), colours.flatten()
 
 
 def image_tokens(model, scenes: list[dict]) -> torch.Tensor:
@@ -66,10 +92,7 @@ def image_tokens(model, scenes: list[dict]) -> torch.Tensor:
         rows, cols = height // processor.merge_size, width // processor.merge_size
         tokens = tokens.view(len(batch), rows, cols, -1)
         for scene, grid in zip(batch, tokens):
-            x0, y0, x1, y1 = scene["objects"][0]["bbox"]
-            width, height = scene["image"].size
-            col = min(int((x0 + x1) / 2 / width * cols), cols - 1)
-            row = min(int((y0 + y1) / 2 / height * rows), rows - 1)
+            row, col = centre_cell(scene["objects"][0]["bbox"], scene["image"].size, rows, cols)
             features.append(torch.cat([grid[row, col], grid.mean((0, 1))]))
     return torch.stack(features)
 
@@ -129,19 +152,31 @@ def learn(args) -> None:
     head = torch.nn.Linear(config.out_hidden_size, len(KINDS) + len(COLOURS))
 
     def batch(n: int, seed: int):
-        scenes = one_shape_scenes(n, seed)
+        scenes = one_shape_scenes(n, seed, crowded=args.dense)
         inputs = processor(images=[s["image"] for s in scenes], return_tensors="pt")
-        return (inputs["pixel_values"], inputs["image_grid_thw"], *labels(scenes))
+        grid = inputs["image_grid_thw"]
+        if args.dense:
+            targets = token_labels(scenes, int(grid[0, 1]) // config.spatial_merge_size,
+                                   int(grid[0, 2]) // config.spatial_merge_size)
+        else:
+            targets = labels(scenes)
+        return (inputs["pixel_values"], grid, *targets)
 
     def logits(pixels, grid):
         out = tower(pixels, grid_thw=grid)
         tokens = out.pooler_output if hasattr(out, "pooler_output") else out
-        return head(tokens.view(len(grid), -1, tokens.shape[-1]).mean(1))
+        tokens = tokens.view(len(grid), -1, tokens.shape[-1])
+        return head(tokens.flatten(0, 1) if args.dense else tokens.mean(1))
+
+    def accuracy(z, targets):
+        scored = targets != IGNORE
+        return (z.argmax(1)[scored] == targets[scored]).float().mean().item()
 
     held_out = batch(512, args.seed + 10 ** 6)
     optimizer = torch.optim.AdamW([*tower.parameters(), *head.parameters()], lr=args.lr, weight_decay=0.0)
     print(f"vision tower: width {config.hidden_size}, depth {config.depth}, patch {config.patch_size}, "
-          f"{side} px, {sum(p.numel() for p in tower.parameters()):,} parameters")
+          f"{side} px, {sum(p.numel() for p in tower.parameters()):,} parameters, "
+          f"{'every shape-centre token of crowded scenes' if args.dense else 'one-shape scenes'}")
     start = time.time()
     for step in range(1, args.steps + 1):
         pixels, grid, kind, colour = batch(args.batch, args.seed + step)
@@ -153,8 +188,7 @@ def learn(args) -> None:
         if step % args.eval_every == 0:
             with torch.no_grad():
                 z = logits(held_out[0], held_out[1])
-            kind_acc = (z[:, :len(KINDS)].argmax(1) == held_out[2]).float().mean().item()
-            colour_acc = (z[:, len(KINDS):].argmax(1) == held_out[3]).float().mean().item()
+            kind_acc, colour_acc = accuracy(z[:, :len(KINDS)], held_out[2]), accuracy(z[:, len(KINDS):], held_out[3])
             print(f"step {step}: loss {loss.item():.2f}, held-out kind {kind_acc:.2f}, colour {colour_acc:.2f} "
                   f"({time.time() - start:.0f} s)", flush=True)
 
@@ -210,6 +244,7 @@ def main() -> None:
     tower.add_argument("--eval-every", type=int, default=200)
     tower.add_argument("--batch", type=int, default=32)
     tower.add_argument("--lr", type=float, default=1e-3)
+    tower.add_argument("--dense", action="store_true", help="name the shape at every token of crowded scenes")
     names = sub.add_parser("names", help="colour and kind of the names a detect_all answer writes")
     names.add_argument("predictions", help="detect-all.jsonl from rexomni eval's predictions folder")
     names.add_argument("--benchmark", default="eval/benchmarks/synth_detect_all.yaml")

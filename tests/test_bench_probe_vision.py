@@ -62,3 +62,28 @@ def test_names_checks_the_colour_and_the_kind_written_on_each_shape(tmp_path, mo
     out = capsys.readouterr().out
     assert "3 boxes on a shape, 1 on none" in out
     assert "colour right  1.00" in out and "kind right    0.67" in out
+
+
+def test_token_labels_name_the_cell_of_each_centre_and_the_larger_shape_wins():
+    from PIL import Image
+
+    def shape(box, kind, color):
+        return {"bbox": box, "attributes": {"kind": kind, "color": color}}
+
+    scene = {"image": Image.new("RGB", (224, 224)), "objects": [
+        shape([0, 0, 100, 100], "star", "red"),      # centre (50, 50): cell (0, 0) of a 4 x 4 grid
+        shape([40, 40, 60, 60], "ring", "blue"),     # the same cell, smaller: loses it
+        shape([150, 170, 220, 220], "cross", "white"),  # centre (185, 195): cell (3, 3)
+    ]}
+    kinds, colours = probe_vision.token_labels([scene], rows=4, cols=4)
+    assert kinds[0] == probe_vision.KINDS.index("star") and colours[0] == probe_vision.COLOURS.index("red")
+    assert kinds[15] == probe_vision.KINDS.index("cross")
+    assert (kinds != probe_vision.IGNORE).sum() == 2 and (colours != probe_vision.IGNORE).sum() == 2
+
+
+def test_learn_dense_scores_shape_tokens_of_crowded_scenes(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["probe_vision.py", "learn", "--dense", "--steps", "2", "--eval-every", "2",
+                                      "--batch", "4", "--width", "32"])
+    probe_vision.main()
+    out = capsys.readouterr().out
+    assert "every shape-centre token of crowded scenes" in out and "step 2: loss" in out
