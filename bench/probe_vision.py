@@ -40,7 +40,7 @@ COLOURS = tuple(COLORS)
 IGNORE = -100  # cross_entropy's ignore_index: tokens without a shape's centre
 
 
-def one_shape_scenes(n: int, seed: int, crowded: bool = False) -> list[dict]:
+def benchmark_scenes(n: int, seed: int, crowded: bool = False) -> list[dict]:
     """One shape per scene, or (``crowded``) the benchmark's one to four shapes with look-alikes."""
     from rexomni.eval.runner import synth_samples
 
@@ -115,7 +115,7 @@ def probe_tokens(paths: list[str], n: int, seed: int) -> None:
     from rexomni.api import RexOmni
     from rexomni.modeling import init_checkpoint
 
-    scenes = one_shape_scenes(n, seed)
+    scenes = benchmark_scenes(n, seed)
     kinds, colours = labels(scenes)
     print(f"{n} one-shape scenes; chance: kind {1 / len(KINDS):.2f}, colour {1 / len(COLOURS):.2f}")
     if not any(p.startswith("random:") for p in paths):
@@ -130,6 +130,7 @@ def probe_tokens(paths: list[str], n: int, seed: int) -> None:
 
 
 def learn(args) -> None:
+    """Train a fresh vision tower (and a linear head) to name shapes; print held-out accuracy."""
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
     from rexomni.modeling import PRESETS, preset_config
@@ -152,7 +153,7 @@ def learn(args) -> None:
     head = torch.nn.Linear(config.out_hidden_size, len(KINDS) + len(COLOURS))
 
     def batch(n: int, seed: int):
-        scenes = one_shape_scenes(n, seed, crowded=args.dense)
+        scenes = benchmark_scenes(n, seed, crowded=args.dense)
         inputs = processor(images=[s["image"] for s in scenes], return_tensors="pt")
         grid = inputs["image_grid_thw"]
         if args.dense:
@@ -194,6 +195,7 @@ def learn(args) -> None:
 
 
 def probe_names(predictions: str, benchmark: str, dataset: str) -> None:
+    """For each detect_all box on a shape (IoU >= 0.5), is the colour of its name right, the kind?"""
     import json
     from collections import Counter
 

@@ -23,7 +23,7 @@ def test_linear_probe_reads_a_class_the_features_hold_and_not_one_they_do_not():
 
 
 def test_image_tokens_give_one_feature_per_scene(tiny_rexomni):
-    scenes = probe_vision.one_shape_scenes(5, seed=3)
+    scenes = probe_vision.benchmark_scenes(5, seed=3)
     features = probe_vision.image_tokens(tiny_rexomni, scenes)
     width = tiny_rexomni.model.config.text_config.hidden_size
     assert features.shape == (5, 2 * width)
