@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 from rexomni.data_engines.synth import COLORS
 from rexomni.data_engines.synth import TRAIN_KINDS as KINDS
+from rexomni.sft.recognition import IGNORE, centre_cell, token_targets
 
 SCENES = dict(mode="single", size=224, sizes=["medium", "large"])
 COLOURS = tuple(COLORS)
-IGNORE = -100  # cross_entropy's ignore_index: tokens without a shape's centre
 
 
 def benchmark_scenes(n: int, seed: int, crowded: bool = False) -> list[dict]:
@@ -48,12 +48,6 @@ def benchmark_scenes(n: int, seed: int, crowded: bool = False) -> list[dict]:
     return synth_samples(dict(SCENES, **objects, n=n, seed=seed))
 
 
-def centre_cell(box, image_size, rows: int, cols: int) -> tuple[int, int]:
-    """The token grid cell (row, column) that holds the centre of ``box``."""
-    (x0, y0, x1, y1), (width, height) = box, image_size
-    return min(int((y0 + y1) / 2 / height * rows), rows - 1), min(int((x0 + x1) / 2 / width * cols), cols - 1)
-
-
 def labels(scenes: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
     """Each scene's shape: kind and colour as class indices."""
     attributes = [s["objects"][0]["attributes"] for s in scenes]
@@ -62,17 +56,11 @@ def labels(scenes: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def token_labels(scenes: list[dict], rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per token, row by row: kind and colour of the shape whose centre is in its cell, else IGNORE.
-    Where two centres share a cell, the larger shape names it."""
-    kinds = torch.full((len(scenes), rows, cols), IGNORE)
-    colours = torch.full((len(scenes), rows, cols), IGNORE)
-    for i, scene in enumerate(scenes):
-        by_area = sorted(scene["objects"], key=lambda o: (o["bbox"][2] - o["bbox"][0]) * (o["bbox"][3] - o["bbox"][1]))
-        for shape in by_area:
-            row, col = centre_cell(shape["bbox"], scene["image"].size, rows, cols)
-            kinds[i, row, col] = KINDS.index(shape["attributes"]["kind"])
-            colours[i, row, col] = COLOURS.index(shape["attributes"]["color"])
-    return kinds.flatten(), colours.flatten()
+    """Per token, scene after scene: kind and colour of the shape whose centre is in its cell, else
+    IGNORE (what ``rexomni warmup`` trains on)."""
+    classes = {"kind": list(KINDS), "color": list(COLOURS)}
+    targets = [token_targets(s["objects"], s["image"].size, rows, cols, classes) for s in scenes]
+    return torch.cat([t["kind"] for t in targets]), torch.cat([t["color"] for t in targets])
 
 
 def image_tokens(model, scenes: list[dict]) -> torch.Tensor:

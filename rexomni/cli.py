@@ -16,6 +16,7 @@ EXTERNAL_COMMANDS = {
     "data": ("rexomni.data_engines.cli", "generate synthetic scenes, convert and mix data sets"),
     "eval": ("rexomni.eval.cli", "score a model or a predictions file on benchmarks"),
     "sft": ("rexomni.sft.cli", "supervised fine-tuning"),
+    "warmup": ("rexomni.sft.recognition", "teach the vision tower to name what each image token shows (before SFT)"),
     "grpo": ("rexomni.grpo.cli", "GRPO from an SFT checkpoint with geometry-aware rewards"),
     "demo": ("rexomni.sft.demo", "train a detector from random weights in ~10 CPU minutes: loss curve, drawings"),
 }

@@ -191,7 +191,9 @@ def meta_model(args: ModelArguments):
         rows = _grown_rows(model, len(tokenizer))
         return model, preset_settings(args.preset, coord_codec=args.coord_codec), \
             f"preset {args.preset} ({rows} vocabulary rows)"
-    source = args.model_name_or_path
+    from rexomni.checkpoint import DEFAULT_MODEL, DEFAULT_MODEL_DIR
+
+    source = DEFAULT_MODEL_DIR if args.model_name_or_path == DEFAULT_MODEL else args.model_name_or_path
     try:
         from transformers import AutoConfig
 

@@ -176,7 +176,9 @@ class HeldOutCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         steps = self.trainer.sft_config.eval_steps
         if steps and state.global_step % steps == 0 and state.global_step < state.max_steps:
+            should_log = control.should_log
             self._run(state)
+            control.should_log = should_log  # Trainer.log cleared it: keep this step's training loss
 
     def on_train_end(self, args, state, control, **kwargs):
         self._run(state)

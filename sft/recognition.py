@@ -1,0 +1,295 @@
+"""``rexomni warmup``: the vision tower learns to name what each image token shows, before the
+language model has to read it.
+
+Why (docs/recipe.md, "Recognition is the wall"): trained end to end, a small model finds the
+synthetic shapes long before it tells their kinds apart, because the only signal its vision tower gets
+has passed back through the language model's answer. Here the tower and its merger train alone: one
+linear head per attribute reads the merged image tokens (the tokens the language model reads), and the
+token whose cell holds an object's centre must name that object's kind and colour; the other tokens
+are not scored. A step costs a small fraction of an SFT step. The heads are thrown away at the end:
+``output_dir`` holds the whole model with the trained tower, ready for ``rexomni sft``; its
+``checkpoint-N`` folders hold tower and heads, so a stopped run resumes where it was.
+
+    rexomni warmup --config sft/configs/synth-warmup.yaml
+    rexomni warmup --config sft/configs/synth-warmup.yaml --max_steps 500 --output_dir runs/w
+    rexomni warmup --help        # every field, with its help and default
+
+The scenes come from the synthetic engine (``rexomni.data_engines.synth``), which knows every object's
+attributes; held-out accuracy per attribute is logged every ``eval_steps`` as ``heldout/<attribute>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from rexomni.modeling import save_checkpoint
+
+from .config import ConfigParser, ModelArguments, _default, _help, parse_args, resolve_bf16
+
+logger = logging.getLogger(__name__)
+
+IGNORE = -100  # cross_entropy's ignore_index: tokens whose cell holds no object's centre
+SCENE_MODES = ("single", "shapes")  # the engine's modes whose objects carry kind and colour
+
+
+@dataclass
+class WarmupConfig(TrainingArguments):
+    """TrainingArguments with the warm-up's defaults, plus the scenes and what each token names."""
+
+    output_dir: str | None = _default("output_dir", "runs/warmup")
+    max_steps: int = _default("max_steps", 3000)
+    per_device_train_batch_size: int = _default("per_device_train_batch_size", 32)
+    learning_rate: float = _default("learning_rate", 1e-3, "Learning rate of the vision tower, merger and heads.")
+    lr_scheduler_type: str = _default("lr_scheduler_type", "constant_with_warmup")
+    warmup_steps: float = _default("warmup_steps", 200)
+    weight_decay: float = _default("weight_decay", 0.0)
+    logging_steps: float = _default("logging_steps", 100)
+    save_steps: float = _default("save_steps", 500)
+    save_total_limit: int | None = _default("save_total_limit", 2)
+    eval_steps: int = _default("eval_steps", 500, "Held-out accuracy every N steps (and at the end); 0: at the end.")
+    bf16: bool | str = _default("bf16", "auto", "true, false or auto: on where the device supports it.")
+    report_to: None | str | list[str] = _default("report_to", "tensorboard")
+    remove_unused_columns: bool = _default("remove_unused_columns", False)
+    resume_from_checkpoint: str | None = _default("resume_from_checkpoint", "auto", "A checkpoint folder, or auto: "
+                                                  "the newest complete checkpoint in output_dir, if any.")
+
+    scenes: dict = field(default_factory=lambda: dict(
+        mode="single", size=224, sizes=["medium", "large"], num_objects=[1, 4], distractors=True), metadata={
+        "help": "Options of the synthetic engine's generate_scene (mode single or shapes): the scenes drawn, a "
+                "fresh seeded one per example."})
+    attributes: list[str] = field(default_factory=lambda: ["kind", "color"], metadata={
+        "help": "What the token at each object's centre names: any of kind, color, size (one head each)."})
+    eval_scenes: int = _help("Held-out scenes (seeded apart from training) scored every eval_steps.", 512)
+
+    model_args: ModelArguments | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self):
+        if isinstance(self.scenes, str):
+            import yaml
+
+            self.scenes = yaml.safe_load(self.scenes)  # a mapping given on the command line
+        if not isinstance(self.scenes, dict) or self.scenes.get("mode", "shapes") not in SCENE_MODES:
+            raise ValueError(f"config: scenes must be generate_scene options with mode in {SCENE_MODES}, "
+                             f"got {self.scenes!r}")
+        unknown = sorted(set(self.attributes) - set(attribute_classes(self.scenes)))
+        if unknown or not self.attributes:
+            raise ValueError(f"config: attributes {unknown or '[]'} unknown; choose from "
+                             f"{sorted(attribute_classes(self.scenes))}")
+        self.bf16 = resolve_bf16(self.bf16)
+        super().__post_init__()
+
+
+def warmup_parser() -> ConfigParser:
+    return ConfigParser([ModelArguments, WarmupConfig], prog="rexomni warmup",
+                        usage="rexomni warmup --config CONFIG.yaml [--dry-run] [--FIELD VALUE ...]",
+                        description="Recognition warm-up of the vision tower on synthetic scenes (sft/recognition.py). "
+                                    "Of the model fields, model_name_or_path, preset, tokenizer and coord_codec apply; "
+                                    "the tower and merger train at learning_rate, the rest is untouched.")
+
+
+# --------------------------------------------------------------------------- data
+
+
+def attribute_classes(scenes: dict) -> dict[str, list[str]]:
+    """Per attribute, the class names the engine draws for these scene options."""
+    from rexomni.data_engines.synth import COLORS, SIZES, TRAIN_KINDS
+
+    return {"kind": list(scenes.get("kinds") or TRAIN_KINDS), "color": list(scenes.get("colors") or COLORS),
+            "size": list(scenes.get("sizes") or SIZES)}
+
+
+def centre_cell(box, image_size, rows: int, cols: int) -> tuple[int, int]:
+    """The merged-token grid cell (row, column) that holds the centre of ``box``."""
+    (x0, y0, x1, y1), (width, height) = box, image_size
+    return min(int((y0 + y1) / 2 / height * rows), rows - 1), min(int((x0 + x1) / 2 / width * cols), cols - 1)
+
+
+def token_targets(objects: list[dict], image_size, rows: int, cols: int,
+                  classes: dict[str, list[str]]) -> dict[str, torch.Tensor]:
+    """Per attribute, one class index per merged token, row by row: that of the object whose centre is
+    in the token's cell, IGNORE where there is none. Where two centres share a cell, the larger object
+    names it (it covers more of the cell)."""
+    targets = {name: torch.full((rows, cols), IGNORE) for name in classes}
+    by_area = sorted(objects, key=lambda o: (o["bbox"][2] - o["bbox"][0]) * (o["bbox"][3] - o["bbox"][1]))
+    for obj in by_area:
+        row, col = centre_cell(obj["bbox"], image_size, rows, cols)
+        for name, names in classes.items():
+            targets[name][row, col] = names.index(obj["attributes"][name])
+    return {name: t.flatten() for name, t in targets.items()}
+
+
+class SceneTokens(torch.utils.data.Dataset):
+    """``length`` synthetic scenes, random access, each index its own seeded draw (``seed``, index):
+    pixels as the model's image processor cuts them, and per attribute a class for each merged token."""
+
+    def __init__(self, scenes: dict, classes: dict[str, list[str]], image_processor, length: int, seed: str):
+        self.scenes, self.classes, self.processor = dict(scenes), classes, image_processor
+        self.length, self.seed = int(length), seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        from rexomni.data_engines.synth import generate_scene
+
+        scene_seed = random.Random(f"{self.seed}:{index}").getrandbits(63)
+        image, sample = generate_scene(scene_seed, masks=False, **self.scenes)
+        inputs = self.processor(images=[image], return_tensors="pt")
+        grid = inputs["image_grid_thw"][0]
+        merge = self.processor.merge_size
+        targets = token_targets(sample["objects"], image.size, int(grid[1]) // merge, int(grid[2]) // merge,
+                                self.classes)
+        return {"pixel_values": inputs["pixel_values"], "image_grid_thw": grid,
+                **{f"labels_{name}": t for name, t in targets.items()}}
+
+
+def collate(examples: list[dict]) -> dict[str, torch.Tensor]:
+    """Patches and token targets of all images one after the other, as the vision tower takes them."""
+    batch = {"image_grid_thw": torch.stack([e["image_grid_thw"] for e in examples])}
+    for key in examples[0]:
+        if key != "image_grid_thw":
+            batch[key] = torch.cat([e[key] for e in examples])
+    return batch
+
+
+# --------------------------------------------------------------------------- model
+
+
+class TokenNamer(torch.nn.Module):
+    """The model's vision tower and merger (shared, not copied) and a linear head per attribute on the
+    merged tokens. ``forward`` returns the summed cross-entropy over the named tokens and the logits."""
+
+    def __init__(self, visual: torch.nn.Module, width: int, classes: dict[str, list[str]]):
+        super().__init__()
+        self.visual = visual
+        self.heads = torch.nn.ModuleDict({name: torch.nn.Linear(width, len(names)) for name, names in classes.items()})
+
+    def forward(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, **labels) -> dict:
+        dtype = next(self.visual.parameters()).dtype
+        out = self.visual(pixel_values.to(dtype), grid_thw=image_grid_thw)
+        tokens = getattr(out, "pooler_output", out)  # the merged tokens (transformers 5 returns an output)
+        logits = {name: head(tokens).float() for name, head in self.heads.items()}
+        loss = sum(F.cross_entropy(logits[name], labels[f"labels_{name}"], ignore_index=IGNORE)
+                   for name in logits if (labels[f"labels_{name}"] != IGNORE).any())
+        return {"loss": loss if torch.is_tensor(loss) else tokens.sum() * 0.0, "logits": logits}
+
+
+def token_accuracy(namer: TokenNamer, dataset: SceneTokens, batch_size: int = 64) -> dict[str, float]:
+    """Per attribute, the share of named tokens whose argmax is right."""
+    right, total = dict.fromkeys(namer.heads, 0), dict.fromkeys(namer.heads, 0)
+    was_training = namer.training
+    namer.eval()
+    device = next(namer.parameters()).device
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = namer(**batch)["logits"]
+            for name, z in logits.items():
+                target = batch[f"labels_{name}"]
+                scored = target != IGNORE
+                right[name] += int((z.argmax(-1)[scored] == target[scored]).sum())
+                total[name] += int(scored.sum())
+    namer.train(was_training)
+    return {name: right[name] / max(total[name], 1) for name in right}
+
+
+# --------------------------------------------------------------------------- training
+
+
+class WarmupTrainer(Trainer):
+    def _get_train_sampler(self, train_dataset=None):
+        """Indices in order: every index is its own seeded draw, so a resumed run sees the batches an
+        uninterrupted one would."""
+        return torch.utils.data.SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
+
+
+class HeldOutAccuracy(TrainerCallback):
+    """Every ``eval_steps`` and at the end: log ``heldout/<attribute>``, the held-out token accuracy."""
+
+    def __init__(self, trainer: WarmupTrainer, namer: TokenNamer, heldout: SceneTokens):
+        self.trainer, self.namer, self.heldout = trainer, namer, heldout
+        self.history: list[dict] = []
+
+    def _run(self, state) -> None:
+        accuracy = {f"heldout/{k}": round(v, 4) for k, v in token_accuracy(self.namer, self.heldout).items()}
+        self.history.append({"step": state.global_step, **accuracy})
+        self.trainer.log(accuracy)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if args.eval_steps and state.global_step % args.eval_steps == 0 and state.global_step < state.max_steps:
+            should_log = control.should_log
+            self._run(state)
+            control.should_log = should_log  # Trainer.log cleared it: keep this step's training loss
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._run(state)
+
+
+def run_warmup(config: WarmupConfig) -> dict:
+    """Train the tower as ``config`` says, write the whole model to ``output_dir``; returns the metrics."""
+    from .model_setup import load_model
+    from .trainer import resume_point
+
+    bundle = load_model(config.model_args, seed=config.seed, bf16=config.bf16)
+    model = bundle.model
+    for param in model.parameters():
+        param.requires_grad_(False)
+    visual = model.model.visual
+    for param in visual.parameters():
+        param.requires_grad_(True)
+    classes = {name: attribute_classes(config.scenes)[name] for name in config.attributes}
+    torch.manual_seed(config.seed)
+    namer = TokenNamer(visual, model.config.text_config.hidden_size, classes).to(visual.dtype)
+    image_processor = bundle.processor.image_processor
+    train_set = SceneTokens(config.scenes, classes, image_processor,
+                            config.max_steps * config.per_device_train_batch_size, f"warmup:{config.seed}")
+    heldout = SceneTokens(config.scenes, classes, image_processor, config.eval_scenes, f"warmup-heldout:{config.seed}")
+    trainer = WarmupTrainer(model=namer, args=config, train_dataset=train_set, data_collator=collate)
+    callback = HeldOutAccuracy(trainer, namer, heldout)
+    if config.eval_scenes:
+        trainer.add_callback(callback)
+    result = trainer.train(resume_from_checkpoint=resume_point(config))
+    if trainer.is_world_process_zero():
+        save_checkpoint(config.output_dir, model, bundle.processor, bundle.settings)
+    return {"train": result.metrics, "heldout": callback.history, "output_dir": config.output_dir,
+            "global_step": trainer.state.global_step, "log_history": trainer.state.log_history}
+
+
+def plan(config: WarmupConfig) -> str:
+    """What a run would do, without training."""
+    from .model_setup import count_by_part, meta_model
+
+    model, _, origin = meta_model(config.model_args)
+    counts = count_by_part(model)
+    classes = {name: attribute_classes(config.scenes)[name] for name in config.attributes}
+    return "\n".join([
+        f"model          {config.model_args.model_name_or_path or 'random ' + str(config.model_args.preset)}"
+        f"  [shape: {origin}]",
+        f"scenes         {config.scenes}",
+        "names          " + ", ".join(f"{name} ({len(names)} classes)" for name, names in classes.items()),
+        f"steps          {config.max_steps} x batch {config.per_device_train_batch_size}",
+        f"learning rate  {config.learning_rate:g}, {config.lr_scheduler_type.value}, warm-up {config.warmup_steps:g}",
+        f"trains         vision {counts['vision'][0]:,} + merger {counts['merger'][0]:,} parameters "
+        f"(language model {counts['llm'][0]:,}: untouched)",
+        f"output         {config.output_dir}",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .cli import run_command
+
+    parser = warmup_parser()
+    parser.add_argument("--dry-run", "--dry_run", action="store_true", help="Print the plan and exit.")
+    return run_command("warmup", parser, lambda: (plan, run_warmup), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

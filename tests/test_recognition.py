@@ -1,0 +1,103 @@
+"""rexomni warmup (sft/recognition.py): token targets, the scene data set, and a run that trains only the
+tower, writes a loadable model and resumes exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from sft_helpers import one_thread
+
+from rexomni.sft import recognition
+from rexomni.sft.config import read_config
+
+CLASSES = {"kind": ["circle", "square"], "color": ["red", "blue"]}
+
+
+def test_token_targets_name_the_cell_of_each_centre_and_the_larger_shape_wins():
+    small = {"bbox": [0, 0, 20, 20], "attributes": {"kind": "circle", "color": "red"}}
+    big = {"bbox": [0, 0, 40, 40], "attributes": {"kind": "square", "color": "blue"}}
+    far = {"bbox": [60, 60, 100, 100], "attributes": {"kind": "circle", "color": "blue"}}
+    targets = recognition.token_targets([big, small, far], (100, 100), 4, 4, CLASSES)
+    kind = targets["kind"].view(4, 4)
+    # small's centre (10, 10) is in cell (0, 0), big's (20, 20) in (0, 0) too: the bigger names it.
+    assert kind[0, 0] == 1 and targets["color"].view(4, 4)[0, 0] == 1
+    assert kind[3, 3] == 0  # far's centre (80, 80)
+    assert int((kind != recognition.IGNORE).sum()) == 2
+
+
+def test_scene_tokens_match_the_tower_grid_and_repeat_per_index(tiny_rexomni):
+    processor = tiny_rexomni.processor.image_processor
+    scenes = dict(mode="single", size=224, num_objects=[2, 3], distractors=False)
+    classes = recognition.attribute_classes(scenes)
+    data = recognition.SceneTokens(scenes, classes, processor, length=3, seed="t")
+    first, again, other = data[0], data[0], data[1]
+    grid = first["image_grid_thw"]
+    assert first["pixel_values"].shape[0] == int(grid.prod())
+    assert first["labels_kind"].shape == (int(grid.prod()) // processor.merge_size ** 2,)
+    assert 2 <= int((first["labels_kind"] != recognition.IGNORE).sum()) <= 3
+    assert torch.equal(first["pixel_values"], again["pixel_values"])
+    assert not torch.equal(first["pixel_values"], other["pixel_values"])
+    batch = recognition.collate([first, other])
+    assert batch["image_grid_thw"].shape == (2, 3) and batch["labels_size"].numel() == 2 * first["labels_size"].numel()
+
+
+def _config(checkpoint, output_dir, **extra):
+    values = {"model_name_or_path": str(checkpoint), "output_dir": str(output_dir), "max_steps": 4,
+              "per_device_train_batch_size": 2, "save_steps": 2, "eval_steps": 2, "eval_scenes": 4,
+              "warmup_steps": 1, "logging_steps": 1, "report_to": "none", "disable_tqdm": True,
+              "scenes": {"mode": "single", "size": 112, "num_objects": [1, 2]}}
+    values.update(extra)
+    return read_config(recognition.warmup_parser(), None, values)
+
+
+def _weights(folder):
+    return load_file(f"{folder}/model.safetensors")
+
+
+def test_warmup_trains_the_tower_only_and_resumes_exactly(tiny_checkpoint, tmp_path):
+    with one_thread():
+        whole = recognition.run_warmup(_config(tiny_checkpoint, tmp_path / "whole"))
+        recognition.run_warmup(_config(tiny_checkpoint, tmp_path / "split", max_steps=2))
+        resumed = recognition.run_warmup(_config(tiny_checkpoint, tmp_path / "split", max_steps=4))
+    losses = {run: [(h["step"], h["loss"]) for h in result["log_history"] if "loss" in h]
+              for run, result in (("whole", whole), ("resumed", resumed))}
+    assert losses["resumed"] == losses["whole"] == sorted(losses["whole"]) and len(losses["whole"]) == 4
+    assert [h["step"] for h in whole["heldout"]] == [2, 4] and 0 <= whole["heldout"][-1]["heldout/kind"] <= 1
+    before, after, split = _weights(tiny_checkpoint), _weights(tmp_path / "whole"), _weights(tmp_path / "split")
+    assert before.keys() == after.keys()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all("visual." in name for name in changed)  # the language model is untouched
+    assert any("visual.merger." in name for name in changed) and any("visual.blocks." in name for name in changed)
+    for name in after:
+        torch.testing.assert_close(split[name], after[name])
+
+    from rexomni.api import RexOmni
+
+    model = RexOmni.from_pretrained(str(tmp_path / "whole"), device="cpu")
+    model.detect(_scene(), categories=["red circle"], max_new_tokens=8)  # the folder serves inference
+
+
+def _scene():
+    from rexomni.data_engines.synth import generate_scene
+
+    return generate_scene(0, 112, mode="single")[0]
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"scenes": {"mode": "ocr"}}, "mode in"),
+    ({"attributes": ["texture"]}, "texture"),
+])
+def test_bad_config_names_what_is_wrong(tiny_checkpoint, tmp_path, values, message):
+    with pytest.raises(ValueError, match=message):
+        _config(tiny_checkpoint, tmp_path, **values)
+
+
+def test_cli_dry_run_and_listing(capsys):
+    from rexomni.cli import main
+
+    for extra in ([], ["--model_name_or_path", "null", "--preset", "tiny"]):
+        assert main(["warmup", "--config", "sft/configs/synth-warmup.yaml", "--dry-run", *extra]) == 0
+        out = capsys.readouterr().out
+        assert "kind (8 classes), color (11 classes)" in out and "language model" in out and "untouched" in out
+    assert main(["--help"]) == 0 and "warmup" in capsys.readouterr().out
