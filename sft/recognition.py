@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 IGNORE = -100  # cross_entropy's ignore_index: tokens whose cell holds no object's centre
 SCENE_MODES = ("single", "shapes")  # the engine's modes whose objects carry kind and colour
+HEADS = ("linear", "words")
 
 
 @dataclass
@@ -67,6 +68,10 @@ class WarmupConfig(TrainingArguments):
     attributes: list[str] = field(default_factory=lambda: ["kind", "color"], metadata={
         "help": "What the token at each object's centre names: any of kind, color, size (one head each)."})
     eval_scenes: int = _help("Held-out scenes (seeded apart from training) scored every eval_steps.", 512)
+    head: str = _help("linear: a fresh linear layer per attribute reads the tokens. words: each class is the "
+                      "language model's input embedding of its word (fixed), scored by cosine similarity with a "
+                      "learnt scale: the token at a star's centre is pulled toward the embedding of 'star'.",
+                      "linear")
 
     model_args: ModelArguments | None = field(default=None, init=False, repr=False)
 
@@ -82,6 +87,8 @@ class WarmupConfig(TrainingArguments):
         if unknown or not self.attributes:
             raise ValueError(f"config: attributes {unknown or '[]'} unknown; choose from "
                              f"{sorted(attribute_classes(self.scenes))}")
+        if self.head not in HEADS:
+            raise ValueError(f"config: head must be one of {HEADS}, got {self.head!r}")
         self.bf16 = resolve_bf16(self.bf16)
         super().__post_init__()
 
@@ -162,14 +169,42 @@ def collate(examples: list[dict]) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------- model
 
 
-class TokenNamer(torch.nn.Module):
-    """The model's vision tower and merger (shared, not copied) and a linear head per attribute on the
-    merged tokens. ``forward`` returns the summed cross-entropy over the named tokens and the logits."""
+class WordHead(torch.nn.Module):
+    """Logits as scaled cosine similarities to fixed class vectors (the language model's embeddings of
+    the class words): the scale is the only parameter."""
 
-    def __init__(self, visual: torch.nn.Module, width: int, classes: dict[str, list[str]]):
+    def __init__(self, words: torch.Tensor, scale: float = 10.0):
+        super().__init__()
+        self.register_buffer("words", F.normalize(words.float(), dim=-1))
+        self.scale = torch.nn.Parameter(torch.tensor(scale))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.normalize(tokens.float(), dim=-1) @ self.words.float().T
+
+
+def word_embeddings(model, tokenizer, names: list[str]) -> torch.Tensor:
+    """(len(names), width): per word, the mean input embedding of its tokens, as it starts a phrase and
+    as it follows a space (both occur in answers: "star", "red star")."""
+    table = model.get_input_embeddings().weight.detach()
+    rows = []
+    for name in names:
+        ids = tokenizer(name, add_special_tokens=False).input_ids + tokenizer(" " + name, add_special_tokens=False).input_ids
+        rows.append(table[ids].float().mean(0))
+    return torch.stack(rows)
+
+
+class TokenNamer(torch.nn.Module):
+    """The model's vision tower and merger (shared, not copied) and a head per attribute on the merged
+    tokens: a linear layer, or (``words`` given: per attribute, one vector per class) a
+    :class:`WordHead`. ``forward`` returns the summed cross-entropy over the named tokens and the logits."""
+
+    def __init__(self, visual: torch.nn.Module, width: int, classes: dict[str, list[str]],
+                 words: dict[str, torch.Tensor] | None = None):
         super().__init__()
         self.visual = visual
-        self.heads = torch.nn.ModuleDict({name: torch.nn.Linear(width, len(names)) for name, names in classes.items()})
+        self.heads = torch.nn.ModuleDict({
+            name: WordHead(words[name]) if words else torch.nn.Linear(width, len(names))
+            for name, names in classes.items()})
 
     def forward(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, **labels) -> dict:
         dtype = next(self.visual.parameters()).dtype
@@ -247,7 +282,9 @@ def run_warmup(config: WarmupConfig) -> dict:
         param.requires_grad_(True)
     classes = {name: attribute_classes(config.scenes)[name] for name in config.attributes}
     torch.manual_seed(config.seed)
-    namer = TokenNamer(visual, model.config.text_config.hidden_size, classes).to(visual.dtype)
+    words = ({name: word_embeddings(model, bundle.tokenizer, names) for name, names in classes.items()}
+             if config.head == "words" else None)
+    namer = TokenNamer(visual, model.config.text_config.hidden_size, classes, words).to(visual.dtype)
     image_processor = bundle.processor.image_processor
     train_set = SceneTokens(config.scenes, classes, image_processor,
                             config.max_steps * config.per_device_train_batch_size, f"warmup:{config.seed}")

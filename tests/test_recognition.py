@@ -84,7 +84,23 @@ def _scene():
     return generate_scene(0, 112, mode="single")[0]
 
 
+def test_word_heads_start_from_the_language_models_words_and_train_the_tower(tiny_checkpoint, tmp_path):
+    from rexomni.api import RexOmni
+
+    model = RexOmni.from_pretrained(tiny_checkpoint, device="cpu")
+    words = recognition.word_embeddings(model.model, model.processor.tokenizer, ["star", "ring"])
+    assert words.shape == (2, model.model.config.text_config.hidden_size) and not torch.equal(words[0], words[1])
+    head = recognition.WordHead(words)
+    assert head(words * 3.0).argmax(-1).tolist() == [0, 1]  # a token along a word's embedding names that word
+    assert list(dict(head.named_parameters())) == ["scale"]  # the words stay the language model's
+    with one_thread():
+        result = recognition.run_warmup(_config(tiny_checkpoint, tmp_path / "words", head="words", max_steps=2))
+    changed = [n for n, t in _weights(tmp_path / "words").items() if not torch.equal(t, _weights(tiny_checkpoint)[n])]
+    assert changed and all("visual." in n for n in changed) and result["global_step"] == 2
+
+
 @pytest.mark.parametrize("values, message", [
+    ({"head": "mlp"}, "head must be one of"),
     ({"scenes": {"mode": "ocr"}}, "mode in"),
     ({"attributes": ["texture"]}, "texture"),
 ])
