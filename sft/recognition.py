@@ -92,6 +92,12 @@ class WarmupConfig(TrainingArguments):
         self.bf16 = resolve_bf16(self.bf16)
         super().__post_init__()
 
+    @property
+    def classes(self) -> dict[str, list[str]]:
+        """The class names of each attribute named, as the engine draws them for these scenes."""
+        drawn = attribute_classes(self.scenes)
+        return {name: drawn[name] for name in self.attributes}
+
 
 def warmup_parser() -> ConfigParser:
     return ConfigParser([ModelArguments, WarmupConfig], prog="rexomni warmup",
@@ -280,7 +286,7 @@ def run_warmup(config: WarmupConfig) -> dict:
     visual = model.model.visual
     for param in visual.parameters():
         param.requires_grad_(True)
-    classes = {name: attribute_classes(config.scenes)[name] for name in config.attributes}
+    classes = config.classes
     torch.manual_seed(config.seed)
     words = ({name: word_embeddings(model, bundle.tokenizer, names) for name, names in classes.items()}
              if config.head == "words" else None)
@@ -306,7 +312,7 @@ def plan(config: WarmupConfig) -> str:
 
     model, _, origin = meta_model(config.model_args)
     counts = count_by_part(model)
-    classes = {name: attribute_classes(config.scenes)[name] for name in config.attributes}
+    classes = config.classes
     return "\n".join([
         f"model          {config.model_args.model_name_or_path or 'random ' + str(config.model_args.preset)}"
         f"  [shape: {origin}]",
