@@ -72,8 +72,7 @@ def image_tokens(model, scenes: list[dict]) -> torch.Tensor:
         requests = model.prepare([s["image"] for s in batch], task="detection", categories=["shape"])
         inputs = processor(images=[r["image"] for r in requests], return_tensors="pt")
         with torch.no_grad():
-            out = model.model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
-        tokens = out.pooler_output if hasattr(out, "pooler_output") else out
+            tokens = model.model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output
         tokens = torch.cat(list(tokens)) if isinstance(tokens, (list, tuple)) else tokens
         # Every scene has one size, so one grid; merged tokens come row by row.
         _, height, width = inputs["image_grid_thw"][0].tolist()
@@ -152,8 +151,7 @@ def learn(args) -> None:
         return (inputs["pixel_values"], grid, *targets)
 
     def logits(pixels, grid):
-        out = tower(pixels, grid_thw=grid)
-        tokens = out.pooler_output if hasattr(out, "pooler_output") else out
+        tokens = tower(pixels, grid_thw=grid).pooler_output
         tokens = tokens.view(len(grid), -1, tokens.shape[-1])
         return head(tokens.flatten(0, 1) if args.dense else tokens.mean(1))
 

@@ -3,8 +3,8 @@ language model has to read it.
 
 Why (docs/recipe.md, "Recognition is the wall"): trained end to end, a small model finds the
 synthetic shapes long before it tells their kinds apart, because the only signal its vision tower gets
-has passed back through the language model's answer. Here the tower and its merger train alone: one
-linear head per attribute reads the merged image tokens (the tokens the language model reads), and the
+has passed back through the language model's answer. Here the tower and its merger train alone: a
+head per attribute reads the merged image tokens (the tokens the language model reads), and the
 token whose cell holds an object's centre must name that object's kind and colour; the other tokens
 are not scored. A step costs a small fraction of an SFT step. The heads are thrown away at the end:
 ``output_dir`` holds the whole model with the trained tower, ready for ``rexomni sft``; its
@@ -20,7 +20,6 @@ attributes; held-out accuracy per attribute is logged every ``eval_steps`` as ``
 
 from __future__ import annotations
 
-import logging
 import random
 import sys
 from dataclasses import dataclass, field
@@ -29,11 +28,11 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from rexomni.data_engines.synth import COLORS, SIZES, TRAIN_KINDS, generate_scene
 from rexomni.modeling import save_checkpoint
 
 from .config import ConfigParser, ModelArguments, _default, _help, parse_args, resolve_bf16
-
-logger = logging.getLogger(__name__)
+from .trainer import keeping_step_log
 
 IGNORE = -100  # cross_entropy's ignore_index: tokens whose cell holds no object's centre
 SCENE_MODES = ("single", "shapes")  # the engine's modes whose objects carry kind and colour
@@ -112,8 +111,6 @@ def warmup_parser() -> ConfigParser:
 
 def attribute_classes(scenes: dict) -> dict[str, list[str]]:
     """Per attribute, the class names the engine draws for these scene options."""
-    from rexomni.data_engines.synth import COLORS, SIZES, TRAIN_KINDS
-
     return {"kind": list(scenes.get("kinds") or TRAIN_KINDS), "color": list(scenes.get("colors") or COLORS),
             "size": list(scenes.get("sizes") or SIZES)}
 
@@ -150,8 +147,6 @@ class SceneTokens(torch.utils.data.Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> dict:
-        from rexomni.data_engines.synth import generate_scene
-
         scene_seed = random.Random(f"{self.seed}:{index}").getrandbits(63)
         image, sample = generate_scene(scene_seed, masks=False, **self.scenes)
         inputs = self.processor(images=[image], return_tensors="pt")
@@ -214,8 +209,7 @@ class TokenNamer(torch.nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, **labels) -> dict:
         dtype = next(self.visual.parameters()).dtype
-        out = self.visual(pixel_values.to(dtype), grid_thw=image_grid_thw)
-        tokens = getattr(out, "pooler_output", out)  # the merged tokens (transformers 5 returns an output)
+        tokens = self.visual(pixel_values.to(dtype), grid_thw=image_grid_thw).pooler_output  # the merged tokens
         logits = {name: head(tokens).float() for name, head in self.heads.items()}
         loss = sum(F.cross_entropy(logits[name], labels[f"labels_{name}"], ignore_index=IGNORE)
                    for name in logits if (labels[f"labels_{name}"] != IGNORE).any())
@@ -266,9 +260,8 @@ class HeldOutAccuracy(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if args.eval_steps and state.global_step % args.eval_steps == 0 and state.global_step < state.max_steps:
-            should_log = control.should_log
-            self._run(state)
-            control.should_log = should_log  # Trainer.log cleared it: keep this step's training loss
+            with keeping_step_log(control):
+                self._run(state)
 
     def on_train_end(self, args, state, control, **kwargs):
         self._run(state)

@@ -18,6 +18,7 @@ DeepSpeed and DDP need on machines without CUDA is in :mod:`rexomni.sft.cpu_deep
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -153,6 +154,15 @@ def _is_peft(model) -> bool:
     return isinstance(model, PeftModel)
 
 
+@contextlib.contextmanager
+def keeping_step_log(control):
+    """For a callback that calls ``Trainer.log`` in ``on_step_end``: that call clears
+    ``control.should_log``, which would drop the step's own training-loss log; restore it."""
+    should_log = control.should_log
+    yield
+    control.should_log = should_log
+
+
 class HeldOutCallback(TrainerCallback):
     """Every ``eval_steps`` (and at the end): score the live model on the held-out sets as ``rexomni eval``
     would (:mod:`.heldout`), and log ``heldout/<task>/<metric>``."""
@@ -176,9 +186,8 @@ class HeldOutCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         steps = self.trainer.sft_config.eval_steps
         if steps and state.global_step % steps == 0 and state.global_step < state.max_steps:
-            should_log = control.should_log
-            self._run(state)
-            control.should_log = should_log  # Trainer.log cleared it: keep this step's training loss
+            with keeping_step_log(control):
+                self._run(state)
 
     def on_train_end(self, args, state, control, **kwargs):
         self._run(state)

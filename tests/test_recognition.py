@@ -95,7 +95,8 @@ def test_word_heads_start_from_the_language_models_words_and_train_the_tower(tin
     assert list(dict(head.named_parameters())) == ["scale"]  # the words stay the language model's
     with one_thread():
         result = recognition.run_warmup(_config(tiny_checkpoint, tmp_path / "words", head="words", max_steps=2))
-    changed = [n for n, t in _weights(tmp_path / "words").items() if not torch.equal(t, _weights(tiny_checkpoint)[n])]
+    before = _weights(tiny_checkpoint)
+    changed = [n for n, t in _weights(tmp_path / "words").items() if not torch.equal(t, before[n])]
     assert changed and all("visual." in n for n in changed) and result["global_step"] == 2
 
 
