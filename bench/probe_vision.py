@@ -72,7 +72,8 @@ def image_tokens(model, scenes: list[dict]) -> torch.Tensor:
         requests = model.prepare([s["image"] for s in batch], task="detection", categories=["shape"])
         inputs = processor(images=[r["image"] for r in requests], return_tensors="pt")
         with torch.no_grad():
-            tokens = model.model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output
+            output = model.model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+        tokens = output.pooler_output
         tokens = torch.cat(list(tokens)) if isinstance(tokens, (list, tuple)) else tokens
         # Every scene has one size, so one grid; merged tokens come row by row.
         _, height, width = inputs["image_grid_thw"][0].tolist()

@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from rexomni.data_engines.synth import COLORS, SIZES, TRAIN_KINDS, generate_scene
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from rexomni.data_engines.synth import COLORS, SIZES, TRAIN_KINDS, generate_scene
 from rexomni.modeling import save_checkpoint
 
-from .config import ConfigParser, ModelArguments, _default, _help, parse_args, resolve_bf16
+from .config import ConfigParser, ModelArguments, _default, _help, resolve_bf16
 from .trainer import keeping_step_log
 
 IGNORE = -100  # cross_entropy's ignore_index: tokens whose cell holds no object's centre
@@ -189,7 +189,7 @@ def word_embeddings(model, tokenizer, names: list[str]) -> torch.Tensor:
     table = model.get_input_embeddings().weight.detach()
     rows = []
     for name in names:
-        ids = tokenizer(name, add_special_tokens=False).input_ids + tokenizer(" " + name, add_special_tokens=False).input_ids
+        ids = [i for text in (name, " " + name) for i in tokenizer(text, add_special_tokens=False).input_ids]
         rows.append(table[ids].float().mean(0))
     return torch.stack(rows)
 

@@ -24,11 +24,11 @@ from rexomni.data_engines.negatives_image import (
 )
 from rexomni.data_engines.synth import generate_scene
 from rexomni.data_engines.tasks import build_example
+from rexomni.grpo.data import PromptRows
+from rexomni.grpo.rewards import negative_penalty
 
 from rexomni.cli import main
 from rexomni.grammar import format_answer
-from rexomni.grpo.data import PromptRows
-from rexomni.grpo.rewards import negative_penalty
 
 
 def _outside_equal(a, b, box):

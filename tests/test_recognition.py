@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from sft_helpers import one_thread
-
 from rexomni.sft import recognition
 from rexomni.sft.config import read_config
+from safetensors.torch import load_file
+from sft_helpers import one_thread
 
 CLASSES = {"kind": ["circle", "square"], "color": ["red", "blue"]}
 
