@@ -18,7 +18,8 @@ object's size) long before x0 and y0 find their image token's cell.
 - ``scenes``: the synth engine's ``single`` mode (one shape of 3 kinds x 5 colours per scene, on a
   plain or noisy background); ``--rope-theta`` / ``--mrope-section`` change the tiny preset's
   M-RoPE (``--rope-theta 1e6 --mrope-section 4 6 6`` gives Qwen2.5-VL's, which turns the width
-  positions of a 4x4 token grid by at most 1.8e-4 rad per step).
+  positions of a 4x4 token grid by at most 1.8e-4 rad per step; ``--rope-theta 10 --mrope-section
+  2 7 7`` the preset's positions before run 18 of docs/recipe.md).
 """
 
 from __future__ import annotations
@@ -156,7 +157,8 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.0, help="squares: pixel noise std (0-255 scale)")
     parser.add_argument("--sizes", nargs="+", default=["small", "medium", "large"], help="scenes: size classes")
     parser.add_argument("--rope-theta", type=float, default=None)
-    parser.add_argument("--mrope-section", type=int, nargs=3, default=None)
+    parser.add_argument("--mrope-section", type=int, nargs="+", default=None,
+                        help="M-RoPE sections, t h w (a longer list interleaves the axes, rexomni.modeling)")
     parser.add_argument("--save", default=None, help="save the trained model to this folder")
     args = parser.parse_args()
     if args.threads:

@@ -27,22 +27,38 @@ SETTINGS_FILE = "rexomni_config.json"
 # Keys that earlier versions wrote and that no longer mean anything: read and dropped.
 _RETIRED_KEYS = {"prompt_style": "released"}
 
-# The from-scratch presets (tiny, small) turn M-RoPE's frequencies down to theta 10. Qwen2.5-VL
-# gives the width positions its lowest frequencies: at theta 1e6 a step of one image token turns
-# them by at most 1.8e-4 rad, so a small model cannot tell which token of a 4x4 grid holds an
-# object (it learns where the object sits inside a token's cell, and guesses the cell). At theta
-# 10 the height sections turn 0.3-0.75 rad and the width sections 0.11-0.27 rad per token;
-# docs/training.md has the measurements. The 3b preset keeps the released model's positions.
+
+def interleaved_mrope(pairs: int, position_pairs: int) -> list[int]:
+    """An ``mrope_section`` for a head of ``pairs`` rotary frequency pairs (fastest first) that gives
+    height and width the fastest ``position_pairs`` in turn and the temporal axis all the others.
+
+    Qwen2.5-VL's rotary embedding assigns the i-th entry of ``mrope_section`` to axis ``i % 3`` (t, h,
+    w), so a list longer than three interleaves the axes over the frequencies; stock transformers loads
+    it (vLLM's M-RoPE expects three sections).
+    """
+    return [0, 1, 1] * (position_pairs // 2) + [pairs - position_pairs]
+
+
+# Positions of the from-scratch presets (tiny, small). Qwen2.5-VL's M-RoPE (theta 1e6, sections t, h,
+# w in that order over the frequencies, fastest first) gives width the slowest: one image token turns
+# them by at most 1.8e-4 rad, and a small model cannot tell which token of a 4x4 grid holds an object.
+# Theta 10 (sections 2/7/7) fixed that but left no slow frequency at all: a query that looks for an
+# image token by what it shows ("red star") then scores its match through a rotation that changes with
+# every token between them, and a long list moves that distance with each answer. So the presets
+# interleave: height and width share the fast pairs (theta 1e4: 1 down to 0.056 rad per token) and the
+# temporal axis, constant over an image, takes the slow ones (0.03 down to 2e-4 rad per token), a
+# channel where content finds content at any distance. docs/training.md and docs/recipe.md (run 18)
+# have the measurements. The 3b preset keeps the released model's positions.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "text": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                     num_key_value_heads=2, mrope_section=[2, 7, 7], rope_theta=10.0),
+                     num_key_value_heads=2, mrope_section=interleaved_mrope(16, 6), rope_theta=1e4),
         "vision": dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, fullatt_block_indexes=[1]),
         "min_pixels": 56 * 56, "max_pixels": 112 * 112,
     },
     "small": {
         "text": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
-                     num_key_value_heads=2, mrope_section=[4, 14, 14], rope_theta=10.0),
+                     num_key_value_heads=2, mrope_section=interleaved_mrope(32, 12), rope_theta=1e4),
         "vision": dict(depth=4, hidden_size=128, intermediate_size=256, num_heads=4, fullatt_block_indexes=[1, 3]),
         "min_pixels": 56 * 56, "max_pixels": 224 * 224,
     },

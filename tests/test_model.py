@@ -17,6 +17,7 @@ from rexomni.modeling import (
     RexOmniSettings,
     build_model,
     count_parameters,
+    interleaved_mrope,
     preset_config,
 )
 from rexomni.processing import QWEN2_5_VL_CHAT_TEMPLATE, RexOmniProcessor, make_processor
@@ -66,18 +67,38 @@ def test_preset_config_uses_the_tokenizers_ids(test_tokenizer):
         preset_config("huge", test_tokenizer)
 
 
+def axis_turns(text_config) -> dict[str, np.ndarray]:
+    """Per M-RoPE axis, the rad per position of each frequency pair the model's own rotary embedding
+    gives it: one position step along t, h or w alone, read back from the cosines."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLRotaryEmbedding
+
+    rotary = Qwen2_5_VLRotaryEmbedding(text_config)
+    pairs = rotary.inv_freq.numel()
+    turns = {}
+    for axis, name in enumerate("thw"):
+        positions = torch.zeros(3, 1, 1, dtype=torch.long)
+        positions[axis] = 1
+        cos, sin = rotary(torch.zeros(1), positions)
+        angle = np.arctan2(sin[0, 0, :pairs].numpy(), cos[0, 0, :pairs].numpy())
+        turns[name] = angle[angle > 0]
+    return turns
+
+
 @pytest.mark.parametrize("preset", ["tiny", "small"])
-def test_from_scratch_presets_tell_image_rows_and_columns_apart(test_tokenizer, preset):
-    # A step of one image token must turn the height and the width sections of M-RoPE by a usable
-    # angle, or a small model cannot learn which token of the grid holds an object.
-    text = preset_config(preset, test_tokenizer).text_config
-    theta, (t, h, w) = text.rope_parameters["rope_theta"], text.rope_parameters["mrope_section"]
-    head_dim = text.hidden_size // text.num_attention_heads
-    turn = theta ** (-2 * np.arange(head_dim // 2) / head_dim)  # rad per position, fastest first
-    height, width = turn[t:t + h], turn[t + h:t + h + w]
-    assert height.max() > 0.3 and width.max() > 0.2
+def test_from_scratch_presets_tell_image_rows_and_columns_apart_and_keep_a_slow_channel(test_tokenizer, preset):
+    # A step of one image token must turn both the height and the width frequencies by a usable angle,
+    # or a small model cannot learn which token of the grid holds an object; and some frequencies must
+    # barely turn at all, so that a phrase can find the image token that shows it at any distance.
+    turns = axis_turns(preset_config(preset, test_tokenizer).text_config)
+    assert turns["h"].max() > 0.5 and turns["w"].max() > 0.5
+    assert (turns["t"] < 0.01).sum() >= 4
     released = preset_config("3b", test_tokenizer).text_config.rope_parameters
     assert released["rope_theta"] == 1e6 and released["mrope_section"] == [16, 24, 24]
+
+
+def test_interleaved_sections_give_each_axis_the_pairs_asked():
+    assert interleaved_mrope(16, 6) == [0, 1, 1, 0, 1, 1, 0, 1, 1, 10]
+    assert sum(interleaved_mrope(32, 12)) == 32
 
 
 def test_coordinate_rows_are_initialised_ordinally(test_tokenizer):
