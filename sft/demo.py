@@ -10,10 +10,11 @@ It runs stage 1 of the default model's recipe (``sft/configs/synth-stage1.yaml``
 - ``loss.png``: the training loss per step;
 - the checkpoint itself (``rexomni detect IMG --model OUT``) and its held-out scores.
 
-Ten minutes is about 3,000 steps here: the answers are well formed and the loss has fallen from
-about 4 to 1.3, but the boxes are only starting to find the shapes (held-out F1@0.5 0.03 at 3,000
-steps, 0.59 at 5,000, 1.00 at 8,000 in the run of docs/recipe.md); ``--minutes 30`` shows it
-localise. The shipped default model was trained by the same recipe (rexomni/default_model/README.md).
+Ten minutes is 2,000-3,000 steps here: the answers are well formed and the loss has fallen from
+about 4 to 1.3, but the boxes are only starting to find the shapes (held-out F1@0.5 0.01 after 2,301
+steps on one thread beside a training run; run 4 of docs/recipe.md, on the preset's earlier
+positions: 0.03 at 3,000 steps, 0.59 at 5,000, 1.00 at 8,000, where ``--minutes 30`` showed it
+localise). The shipped default model was trained by the same recipe (rexomni/default_model/README.md).
 """
 
 from __future__ import annotations
