@@ -69,7 +69,7 @@ def test_preset_config_uses_the_tokenizers_ids(test_tokenizer):
 
 def axis_turns(text_config) -> dict[str, np.ndarray]:
     """Per M-RoPE axis, the rad per position of each frequency pair the model's own rotary embedding
-    gives it: one position step along t, h or w alone, read back from the cosines."""
+    gives it: one position step along t, h or w alone, read back from its cos and sin."""
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLRotaryEmbedding
 
     rotary = Qwen2_5_VLRotaryEmbedding(text_config)
