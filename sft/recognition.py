@@ -32,7 +32,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from rexomni.modeling import save_checkpoint
 
 from .config import ConfigParser, ModelArguments, _default, _help, resolve_bf16
-from .trainer import keeping_step_log
+from .trainer import TimeLimitCallback, keeping_step_log
 
 IGNORE = -100  # cross_entropy's ignore_index: tokens whose cell holds no object's centre
 SCENE_MODES = ("single", "shapes")  # the engine's modes whose objects carry kind and colour
@@ -67,6 +67,7 @@ class WarmupConfig(TrainingArguments):
     attributes: list[str] = field(default_factory=lambda: ["kind", "color"], metadata={
         "help": "What the token at each object's centre names: any of kind, color, size (one head each)."})
     eval_scenes: int = _help("Held-out scenes (seeded apart from training) scored every eval_steps.", 512)
+    max_train_minutes: float | None = _help("Stop after this much training time; the whole model is still saved.")
     head: str = _help("linear: a fresh linear layer per attribute reads the tokens. words: each class is the "
                       "language model's input embedding of its word (fixed), scored by cosine similarity with a "
                       "learnt scale: the token at a star's centre is pulled toward the embedding of 'star'.",
@@ -292,6 +293,8 @@ def run_warmup(config: WarmupConfig) -> dict:
     callback = HeldOutAccuracy(trainer, namer, heldout)
     if config.eval_scenes:
         trainer.add_callback(callback)
+    if config.max_train_minutes:
+        trainer.add_callback(TimeLimitCallback(config.max_train_minutes))
     result = trainer.train(resume_from_checkpoint=resume_point(config))
     if trainer.is_world_process_zero():
         save_checkpoint(config.output_dir, model, bundle.processor, bundle.settings)
