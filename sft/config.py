@@ -136,6 +136,8 @@ class SFTConfig(TrainingArguments):
     cache_examples: bool = _help("Keep encoded examples in memory (small fixed data sets).", False)
     max_length: int = _help("Longer sequences are cut (the end of the answer is then lost).", 4096)
     max_train_minutes: float | None = _help("Stop after this much training time; the final model is still saved.")
+    stop_at_step: int | None = _help("Stop at this step and save the final model, the learning rate schedule still "
+                                     "spanning max_steps: a stage the recipe stopped early, reproduced.")
 
     # ---- held-out scoring during training
     eval_examples: int = _help("Held-out examples (drawn with another seed) generated, parsed and scored during "

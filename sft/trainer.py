@@ -207,6 +207,17 @@ class TimeLimitCallback(TrainerCallback):
             control.should_training_stop = True
 
 
+class StopAtStepCallback(TrainerCallback):
+    """Stops training at step ``step`` without touching the schedule, which still spans max_steps."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -308,6 +319,8 @@ def run_sft(config: SFTConfig) -> dict[str, Any]:
         trainer.add_callback(callback)
     if config.max_train_minutes:
         trainer.add_callback(TimeLimitCallback(config.max_train_minutes))
+    if config.stop_at_step:
+        trainer.add_callback(StopAtStepCallback(config.stop_at_step))
     if trainer.is_world_process_zero():
         logger.info("trainable parameters by part (total, trainable): %s", count_by_part(model))
     result = trainer.train(resume_from_checkpoint=resume_point(config))
@@ -346,7 +359,8 @@ def plan(config: SFTConfig) -> str:
         f"world size     {ws}  (WORLD_SIZE; launchers set it)",
         f"batch          {config.per_device_train_batch_size} per device x {config.gradient_accumulation_steps} "
         f"accumulation x {ws} processes = {gb} global",
-        f"steps          {config.max_steps}  ({config.max_steps * gb} examples)",
+        f"steps          {config.max_steps}  ({config.max_steps * gb} examples)"
+        + (f", stopping at {config.stop_at_step}" if config.stop_at_step else ""),
         f"tokens/step    {_tokens_per_step(config, settings, gb)}",
         f"learning rate  llm {config.learning_rate:g}, merger {model_args.merger_learning_rate}, vision "
         f"{model_args.vision_learning_rate}; {config.lr_scheduler_type.value}, warm-up {config.warmup_steps:g}",

@@ -138,3 +138,43 @@ def test_trainer_takes_the_steps_of_a_plain_adamw_loop(tmp_path):
     assert len(moved) > len(by_hand) // 2, "the loop must actually train"
     for key, value in by_hand.items():
         torch.testing.assert_close(trained[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_stop_at_step_stops_there_with_the_schedule_of_max_steps(tmp_path):
+    """A recipe stage stopped early is reproduced: training ends at stop_at_step and saves, and the
+    learning rate of its last step is the full cosine's (three quarters of the peak for step 3 of 6),
+    not that of a cosine squeezed into 3 steps (a quarter)."""
+    config = load_config(TINY_YAML, tiny_overrides(tmp_path / "stopped", max_steps=6, stop_at_step=3,
+                                                   lr_scheduler_type="cosine", warmup_steps=0))
+    with one_thread():
+        result = run_sft(config)
+    assert result["global_step"] == 3
+    assert os.path.isfile(os.path.join(config.output_dir, "model.safetensors"))
+    last_rate = [h["learning_rate"] for h in result["log_history"] if "learning_rate" in h][-1]
+    assert last_rate == pytest.approx(config.learning_rate * 0.75, rel=1e-3)
+
+
+def test_default_model_script_stages_parse_and_chain(tmp_path, capsys):
+    """scripts/train_default.sh: valid shell, and every training stage it runs is a config and flags the
+    commands accept (dry run), each starting from the folder the stage before it writes."""
+    import re
+    import shlex
+    import subprocess
+
+    from rexomni.cli import main
+
+    script = os.path.join(REPO, "scripts", "train_default.sh")
+    assert subprocess.run(["bash", "-n", script], capture_output=True).returncode == 0
+    text = open(script).read().replace("\\\n", " ")
+    stages = re.findall(r"\|\| rexomni (.+)", text)
+    written = set()
+    for command in stages:
+        command = command.replace("$configs", os.path.join(REPO, "sft", "configs"))
+        argv = shlex.split(command.replace('"$out', f'"{tmp_path}'))
+        flags = dict(zip(argv, argv[1:]))
+        source = flags.get("--model_name_or_path", argv[2] if argv[:2] == ["model", "grow"] else None)
+        assert source in written | {"null"}, f"{command}: starts from {source}, which no earlier stage writes"
+        written.add(flags.get("--output_dir", flags.get("--out")))
+        if argv[0] in ("sft", "warmup"):
+            assert main([*argv, "--shape_preset", "tiny", "--dry-run"]) == 0, command
+    assert len(stages) == 5 and "steps" in capsys.readouterr().out

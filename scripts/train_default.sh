@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Train the shipped default model (rexomni/default_model) from random weights: the recipe of its model
+# card, one stage after another. Run it again after a stop, at any point, and it continues: finished
+# stages are skipped, the stage in progress resumes from its last checkpoint.
+#
+#   bash scripts/train_default.sh [OUT]        # OUT: runs/rexomni-synth; OUT/stage3 is the model
+#
+# About three hours on one core of a shared 2-core machine (docs/recipe.md, runs 16, 18 and 21);
+# OMP_NUM_THREADS=1 leaves the other core free.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh train
+export PATH="$PWD/.venv/bin:$PATH"
+out=${1:-runs/rexomni-synth}
+configs=sft/configs
+
+# A stage is done once its folder holds the final model (written only when the stage ends).
+done_() { [ -f "$1/model.safetensors" ]; }
+
+echo "== 1/5 warm-up: the random vision tower learns to name the shape at each image token (3,000 steps)"
+done_ "$out/warmup" || rexomni warmup --config $configs/synth-warmup.yaml --model_name_or_path null --preset tiny \
+    --output_dir "$out/warmup"
+
+echo "== 2/5 stage 1: one shape per scene, asked by name (3,000 steps)"
+done_ "$out/stage1" || rexomni sft --config $configs/synth-stage1.yaml --preset null \
+    --model_name_or_path "$out/warmup" --output_dir "$out/stage1" --max_steps 3000
+
+echo "== 3/5 grow to 4 language layers; the new ones start as zero-output copies"
+done_ "$out/stage1-grown4" || rexomni model grow "$out/stage1" --out "$out/stage1-grown4"
+
+echo "== 4/5 stage 2: one to four shapes with look-alikes; referring, grounding, pointing (9,000 steps)"
+# Stopped where the shipped model's stage 2 stopped, the cosine still spanning the config's 40,000 steps.
+done_ "$out/stage2" || rexomni sft --config $configs/synth-stage2.yaml --model_name_or_path "$out/stage1-grown4" \
+    --output_dir "$out/stage2" --stop_at_step 9000
+
+echo "== 5/5 stage 3: the same scenes asked as a detector is used, plus detect_all (6,000 steps)"
+done_ "$out/stage3" || rexomni sft --config $configs/synth-stage3.yaml --model_name_or_path "$out/stage2" \
+    --output_dir "$out/stage3" --max_steps 6000
+
+echo "Done: $out/stage3. Score it: rexomni eval --model $out/stage3 --benchmark eval/benchmarks/synth_heldout.yaml"
