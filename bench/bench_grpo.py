@@ -5,8 +5,7 @@
     python bench/bench_grpo.py --steps 60 --heldout 64 --threads 1 --variants tiny shaped
     python bench/bench_grpo.py --minutes 5 --objects 1 2 --threads 1          # a time budget; 1-2 shapes a scene
 
-1. Loads the SFT checkpoint (--sft, default the shipped model rexomni/default_model: stage 1 of the recipe,
-   the tiny preset trained 8,000 steps to find one medium or large shape in a 224-px scene) with
+1. Loads the SFT checkpoint (--sft, default the shipped model rexomni/default_model) with
    ``RexOmni.from_pretrained``.
 2. BEFORE: scores it on held-out scenes through the eval path (``evaluate_samples`` with a ``synth:`` DatasetSpec,
    --heldout scenes, seed --heldout-seed, which training never draws): the referring task the checkpoint was
@@ -210,7 +209,7 @@ def print_throughput(speed: dict, rollouts: int) -> None:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sft", default=DEFAULT_MODEL_DIR, help="the SFT checkpoint GRPO starts from (default: the "
-                        "shipped model, stage 1 of the recipe)")
+                        "shipped model)")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, default=None, help="GRPO steps per variant (60 when no budget is given)")
     budget.add_argument("--minutes", type=float, default=None, help="GRPO training minutes per variant, not steps")
