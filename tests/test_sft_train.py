@@ -170,11 +170,12 @@ def test_default_model_script_stages_parse_and_chain(tmp_path, capsys):
     written = set()
     for command in stages:
         command = command.replace("$configs", os.path.join(REPO, "sft", "configs"))
+        command = command.replace("grpo/configs", os.path.join(REPO, "grpo", "configs"))
         argv = shlex.split(command.replace('"$out', f'"{tmp_path}'))
         flags = dict(zip(argv, argv[1:]))
         source = flags.get("--model_name_or_path", argv[2] if argv[:2] == ["model", "grow"] else None)
         assert source in written | {"null"}, f"{command}: starts from {source}, which no earlier stage writes"
         written.add(flags.get("--output_dir", flags.get("--out")))
-        if argv[0] in ("sft", "warmup"):
+        if argv[0] in ("sft", "warmup", "grpo"):
             assert main([*argv, "--shape_preset", "tiny", "--dry-run"]) == 0, command
-    assert len(stages) == 5 and "steps" in capsys.readouterr().out
+    assert len(stages) == 7 and "steps" in capsys.readouterr().out
