@@ -154,7 +154,7 @@ def test_stop_at_step_stops_there_with_the_schedule_of_max_steps(tmp_path):
     assert last_rate == pytest.approx(config.learning_rate * 0.75, rel=1e-3)
 
 
-def test_default_model_script_stages_parse_and_chain(tmp_path, capsys):
+def test_default_model_script_stages_parse_and_chain(tmp_path, capsys, monkeypatch):
     """scripts/train_default.sh: valid shell, and every training stage it runs is a config and flags the
     commands accept (dry run), each starting from the folder the stage before it writes."""
     import re
@@ -167,11 +167,11 @@ def test_default_model_script_stages_parse_and_chain(tmp_path, capsys):
     assert subprocess.run(["bash", "-n", script], capture_output=True).returncode == 0
     text = open(script).read().replace("\\\n", " ")
     stages = re.findall(r"\|\| rexomni (.+)", text)
+    configs = re.search(r"^configs=(\S+)$", text, re.M).group(1)
+    monkeypatch.chdir(REPO)  # the script runs from the repository root
     written = set()
     for command in stages:
-        command = command.replace("$configs", os.path.join(REPO, "sft", "configs"))
-        command = command.replace("grpo/configs", os.path.join(REPO, "grpo", "configs"))
-        argv = shlex.split(command.replace('"$out', f'"{tmp_path}'))
+        argv = shlex.split(command.replace("$configs", configs).replace('"$out', f'"{tmp_path}'))
         flags = dict(zip(argv, argv[1:]))
         source = flags.get("--model_name_or_path", argv[2] if argv[:2] == ["model", "grow"] else None)
         assert source in written | {"null"}, f"{command}: starts from {source}, which no earlier stage writes"
