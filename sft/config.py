@@ -157,6 +157,16 @@ class SFTConfig(TrainingArguments):
                                          "its phrase than under each negative phrase of its prompt. 0: off.", 0.0)
     negative_hinge_eta: float = _help("The hinge's margin eta, in nats per coordinate token.", 0.3)
     negative_hinge_max_negatives: int = _help("Negative phrases an example's box is scored under, at most.", 4)
+    naming_loss_weight: float = _help("> 0: keep the recognition warm-up's objective on with this weight "
+                                      "(sft/recognition.py NamingLoss): each step also draws naming_batch_size "
+                                      "synthetic scenes, and the image token at each shape's centre must name its "
+                                      "attributes by the language model's own word embeddings. 0: off.", 0.0)
+    naming_batch_size: int = _help("Scenes drawn per step for the naming loss.", 8)
+    naming_attributes: list[str] = field(default_factory=lambda: ["kind", "color"], metadata={
+        "help": "What the token at each shape's centre names under the naming loss: any of kind, color, size."})
+    naming_scenes: dict = field(default_factory=lambda: dict(
+        mode="single", size=224, sizes=["medium", "large"], num_objects=[1, 4], distractors=True), metadata={
+        "help": "generate_scene options of the naming loss's scenes (mode single or shapes)."})
 
     model_args: ModelArguments | None = field(default=None, init=False, repr=False)
 
@@ -170,6 +180,10 @@ class SFTConfig(TrainingArguments):
                 raise ValueError(f"config: {name} must be >= 1, got {getattr(self, name)}")
         if self.soft_label_sigma < 0 or not 0 <= self.soft_label_weight <= 1:
             raise ValueError("config: need soft_label_sigma >= 0 and 0 <= soft_label_weight <= 1")
+        if isinstance(self.naming_scenes, str):
+            self.naming_scenes = yaml.safe_load(self.naming_scenes)
+        if self.naming_loss_weight < 0 or self.naming_batch_size < 1:
+            raise ValueError("config: need naming_loss_weight >= 0 and naming_batch_size >= 1")
         if self.negative_hinge_weight < 0 or self.negative_hinge_eta < 0 or self.negative_hinge_max_negatives < 1:
             raise ValueError("config: need negative_hinge_weight >= 0, negative_hinge_eta >= 0 and "
                              "negative_hinge_max_negatives >= 1")

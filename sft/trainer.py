@@ -91,7 +91,8 @@ class RexOmniSFTTrainer(RexOmniTrainerMixin, Trainer):
         super().__init__(*args, compute_loss_func=self.lm_loss_from_outputs, **kwargs)
         self.bundle = bundle
         self.lm_loss = CausalLMLoss(bundle.coord_ids, self.args.soft_label_sigma, self.args.soft_label_weight)
-        self.extra_losses = [fn for fn in (load_extra_loss(self.args.extra_loss), self._hinge_loss(bundle)) if fn]
+        self.extra_losses = [fn for fn in (load_extra_loss(self.args.extra_loss), self._hinge_loss(bundle),
+                                           self._naming_loss(bundle)) if fn]
         self._tokens, self._last_log_time, self._extra_logs = 0, None, {}
 
     @property
@@ -105,6 +106,16 @@ class RexOmniSFTTrainer(RexOmniTrainerMixin, Trainer):
         tokenizer = bundle.processor.tokenizer
         return NegativeHingeLoss(self.args.negative_hinge_weight, self.args.negative_hinge_eta,
                                  tokenizer.convert_tokens_to_ids(VISION_END), tokenizer.pad_token_id or 0)
+
+    def _naming_loss(self, bundle: ModelBundle):
+        if not self.args.naming_loss_weight:
+            return None
+        from .recognition import NamingLoss
+
+        args = self.args
+        return NamingLoss(bundle.model, bundle.processor.tokenizer, bundle.processor.image_processor,
+                          weight=args.naming_loss_weight, scenes=args.naming_scenes, attributes=args.naming_attributes,
+                          batch_size=args.naming_batch_size, seed=args.seed, step=lambda: self.state.global_step)
 
     def lm_loss_from_outputs(self, outputs, labels, num_items_in_batch=None):
         return self.lm_loss(outputs.logits, labels, num_items_in_batch)

@@ -117,3 +117,59 @@ def test_cli_dry_run_and_listing(capsys):
         out = capsys.readouterr().out
         assert "kind (8 classes), color (11 classes)" in out and "language model" in out and "untouched" in out
     assert main(["--help"]) == 0 and "warmup" in capsys.readouterr().out
+
+
+def _naming_loss(model, step, **extra):
+    options = dict(weight=0.5, scenes={"mode": "single", "size": 112, "num_objects": [1, 2]},
+                   attributes=["kind", "color"], batch_size=2, seed=0, step=lambda: step[0])
+    options.update(extra)
+    return recognition.NamingLoss(model.model, model.processor.tokenizer, model.processor.image_processor, **options)
+
+
+def test_naming_loss_trains_the_tower_toward_the_words_and_draws_scenes_by_step(tiny_checkpoint):
+    from rexomni.api import RexOmni
+
+    model = RexOmni.from_pretrained(tiny_checkpoint, device="cpu")
+    model.model.train()
+    step = [0]
+    naming = _naming_loss(model, step)
+    with one_thread():
+        loss, logs = naming()
+        assert loss.item() == pytest.approx(0.5 * logs["naming_loss"], rel=1e-3) and logs["naming_loss"] > 0
+        assert naming()[0].item() == pytest.approx(loss.item())  # the same step draws the same scenes
+        step[0] = 1
+        assert naming()[0].item() != pytest.approx(loss.item())
+        step[0] = 0
+        model.model.zero_grad()
+        loss.backward()
+        grads = {n: p.grad for n, p in model.model.named_parameters()}
+        assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "visual" in n)
+        assert all(g is None for n, g in grads.items() if "visual" not in n)  # the words are targets, not trained
+        optimizer = torch.optim.Adam(model.model.model.visual.parameters(), lr=1e-2)
+        for _ in range(10):
+            optimizer.zero_grad()
+            naming()[0].backward()
+            optimizer.step()
+        assert naming()[0].item() < loss.item()
+    model.model.eval()
+    assert naming()[0].item() == 0  # held-out scoring adds nothing
+
+
+def test_naming_loss_rejects_unknown_attributes(tiny_checkpoint):
+    from rexomni.api import RexOmni
+
+    with pytest.raises(ValueError, match="naming_attributes.*texture"):
+        _naming_loss(RexOmni.from_pretrained(tiny_checkpoint, device="cpu"), [0], attributes=["texture"])
+
+
+def test_sft_with_the_naming_loss_logs_it(tmp_path):
+    from rexomni.sft.config import load_config
+    from rexomni.sft.trainer import run_sft
+    from sft_helpers import TINY_YAML, tiny_overrides
+
+    config = load_config(TINY_YAML, tiny_overrides(tmp_path, max_steps=2, naming_loss_weight=0.5, naming_batch_size=2,
+                                                   naming_scenes={"mode": "single", "size": 112}))
+    with one_thread():
+        result = run_sft(config)
+    logged = [h["naming_loss"] for h in result["log_history"] if "naming_loss" in h]
+    assert len(logged) == 2 and all(value > 0 for value in logged)
