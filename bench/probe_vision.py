@@ -21,7 +21,8 @@
   others are not scored. That is what the language model reads a kind from.
 - ``names``: what a model writes when nobody names the shapes. Reads the predictions ``rexomni eval
   --benchmark eval/benchmarks/synth_detect_all.yaml`` cached, and, for every box that lands on a
-  shape (IoU >= 0.5), checks the colour and the kind of the name written next to it.
+  shape (IoU >= 0.5), checks the colour and the kind of the name written next to it. On the held-out
+  benchmark's detection predictions it tells which of the asked phrases a box went to.
 """
 
 from __future__ import annotations
@@ -235,7 +236,9 @@ def main() -> None:
     tower.add_argument("--lr", type=float, default=1e-3)
     tower.add_argument("--dense", action="store_true", help="name the shape at every token of crowded scenes")
     names = sub.add_parser("names", help="colour and kind of the names a detect_all answer writes")
-    names.add_argument("predictions", help="detect-all.jsonl from rexomni eval's predictions folder")
+    names.add_argument("predictions", help="detect-all.jsonl from rexomni eval's predictions folder (or "
+                                           "detection.jsonl, with --benchmark eval/benchmarks/synth_heldout.yaml "
+                                           "--dataset detection)")
     names.add_argument("--benchmark", default="eval/benchmarks/synth_detect_all.yaml")
     names.add_argument("--dataset", default="detect-all")
     for p in (tokens, tower, names):

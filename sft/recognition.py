@@ -240,7 +240,7 @@ def token_accuracy(namer: TokenNamer, dataset: SceneTokens, batch_size: int = 64
 class NamingLoss:
     """The warm-up's objective kept on during SFT, as one of the SFT trainer's extra losses.
 
-    Why (docs/recipe.md, "SFT forgets colour"): after a warm-up the merged tokens name colours at 0.97, and
+    Why (docs/recipe.md, "SFT forgets colour"): after a warm-up the merged tokens name colours at 0.98, and
     600 SFT steps later at 0.41; a language model that does not yet read colour feels it only as noise in
     its tokens, so SFT trains it out, and the tower never offers it again. Each training step here also
     draws ``batch_size`` fresh scenes, and the token at each object's centre must name the object's
