@@ -80,13 +80,7 @@ class WarmupConfig(TrainingArguments):
             import yaml
 
             self.scenes = yaml.safe_load(self.scenes)  # a mapping given on the command line
-        if not isinstance(self.scenes, dict) or self.scenes.get("mode", "shapes") not in SCENE_MODES:
-            raise ValueError(f"config: scenes must be generate_scene options with mode in {SCENE_MODES}, "
-                             f"got {self.scenes!r}")
-        unknown = sorted(set(self.attributes) - set(attribute_classes(self.scenes)))
-        if unknown or not self.attributes:
-            raise ValueError(f"config: attributes {unknown or '[]'} unknown; choose from "
-                             f"{sorted(attribute_classes(self.scenes))}")
+        named_classes(self.scenes, self.attributes)  # a clear error now rather than at the first scene
         if self.head not in HEADS:
             raise ValueError(f"config: head must be one of {HEADS}, got {self.head!r}")
         self.bf16 = resolve_bf16(self.bf16)
@@ -95,8 +89,7 @@ class WarmupConfig(TrainingArguments):
     @property
     def classes(self) -> dict[str, list[str]]:
         """The class names of each attribute named, as the engine draws them for these scenes."""
-        drawn = attribute_classes(self.scenes)
-        return {name: drawn[name] for name in self.attributes}
+        return named_classes(self.scenes, self.attributes)
 
 
 def warmup_parser() -> ConfigParser:
@@ -114,6 +107,19 @@ def attribute_classes(scenes: dict) -> dict[str, list[str]]:
     """Per attribute, the class names the engine draws for these scene options."""
     return {"kind": list(scenes.get("kinds") or TRAIN_KINDS), "color": list(scenes.get("colors") or COLORS),
             "size": list(scenes.get("sizes") or SIZES)}
+
+
+def named_classes(scenes, attributes: list[str], prefix: str = "") -> dict[str, list[str]]:
+    """Per attribute in ``attributes``, its class names in these scenes; a ValueError naming the config field
+    (``prefix`` + scenes / attributes) for scenes whose objects carry no attributes or an unknown attribute."""
+    if not isinstance(scenes, dict) or scenes.get("mode", "shapes") not in SCENE_MODES:
+        raise ValueError(f"config: {prefix}scenes must be generate_scene options with mode in {SCENE_MODES}, "
+                         f"got {scenes!r}")
+    drawn = attribute_classes(scenes)
+    unknown = sorted(set(attributes) - set(drawn))
+    if unknown or not attributes:
+        raise ValueError(f"config: {prefix}attributes {unknown or '[]'} unknown; choose from {sorted(drawn)}")
+    return {name: drawn[name] for name in attributes}
 
 
 def centre_cell(box, image_size, rows: int, cols: int) -> tuple[int, int]:
@@ -252,11 +258,7 @@ class NamingLoss:
     def __init__(self, model, tokenizer, image_processor, *, weight: float, scenes: dict, attributes: list[str],
                  batch_size: int, seed: int, step):
         self.model, self.tokenizer, self.weight, self.batch_size, self.step = model, tokenizer, weight, batch_size, step
-        drawn = attribute_classes(scenes)
-        unknown = sorted(set(attributes) - set(drawn))
-        if unknown or not attributes:
-            raise ValueError(f"config: naming_attributes {unknown or '[]'} unknown; choose from {sorted(drawn)}")
-        self.classes = {name: drawn[name] for name in attributes}
+        self.classes = named_classes(scenes, attributes, prefix="naming_")
         # A resumed run draws the scenes an uninterrupted one would: scene i of step s is index s * batch + i.
         self.scenes = SceneTokens(scenes, self.classes, image_processor, 2**62, f"naming:{seed}")
 

@@ -155,11 +155,15 @@ def test_naming_loss_trains_the_tower_toward_the_words_and_draws_scenes_by_step(
     assert naming()[0].item() == 0  # held-out scoring adds nothing
 
 
-def test_naming_loss_rejects_unknown_attributes(tiny_checkpoint):
+@pytest.mark.parametrize("values, message", [
+    ({"attributes": ["texture"]}, "naming_attributes.*texture"),
+    ({"scenes": {"mode": "ocr"}}, "naming_scenes must be .* mode in"),
+])
+def test_naming_loss_names_a_bad_config_field(tiny_checkpoint, values, message):
     from rexomni.api import RexOmni
 
-    with pytest.raises(ValueError, match="naming_attributes.*texture"):
-        _naming_loss(RexOmni.from_pretrained(tiny_checkpoint, device="cpu"), [0], attributes=["texture"])
+    with pytest.raises(ValueError, match=message):
+        _naming_loss(RexOmni.from_pretrained(tiny_checkpoint, device="cpu"), [0], **values)
 
 
 def test_sft_with_the_naming_loss_logs_it(tmp_path):
