@@ -43,10 +43,23 @@ def run_command(name: str, parser: ConfigParser, load_recipe, argv: list[str] | 
     if rest.dry_run:
         print(plan(config))
         return 0
-    result = run(config)
+    try:
+        result = run(config)
+    finally:
+        _end_process_group()
     print(json.dumps({"output_dir": result["output_dir"], "global_step": result["global_step"],
                       "train": result["train"], "heldout": result["heldout"][-1:]}, default=float))
     return 0
+
+
+def _end_process_group() -> None:
+    """Close a distributed run's process group before the interpreter exits: left to the exit, its threads
+    can be torn down under it and abort a rank that has already finished ("terminate called without an
+    active exception"), failing the launcher."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _recipe():
