@@ -135,6 +135,11 @@ class SFTConfig(TrainingArguments):
     train_examples: int | None = _help("Dataset length (default: max_steps x global batch, every example fresh).")
     cache_examples: bool = _help("Keep encoded examples in memory (small fixed data sets).", False)
     max_length: int = _help("Longer sequences are cut (the end of the answer is then lost).", 4096)
+    group_by_length: bool = _help(
+        "Batch examples of about one length, length_group_window batches at a time "
+        "(sft/data.py LengthGroupedDataset), the loss still weighing every labelled token alike: on the synthetic "
+        "stages 1.6x fewer tokens per step. Needs dataloader_num_workers 0.", False)
+    length_group_window: int = _help("Batches drawn together and sorted by length under group_by_length.", 8)
     max_train_minutes: float | None = _help("Stop after this much training time; the final model is still saved.")
     stop_at_step: int | None = _help("Stop at this step and save the final model, the learning rate schedule still "
                                      "spanning max_steps: a stage the recipe stopped early, reproduced.")
@@ -182,6 +187,9 @@ class SFTConfig(TrainingArguments):
             raise ValueError("config: need soft_label_sigma >= 0 and 0 <= soft_label_weight <= 1")
         if isinstance(self.naming_scenes, str):
             self.naming_scenes = yaml.safe_load(self.naming_scenes)
+        if self.group_by_length and (self.dataloader_num_workers or self.length_group_window < 1):
+            raise ValueError("config: group_by_length needs dataloader_num_workers 0 (a worker would encode a whole "
+                             "window for each batch it loads) and length_group_window >= 1")
         if self.naming_loss_weight < 0 or self.naming_batch_size < 1:
             raise ValueError("config: need naming_loss_weight >= 0 and naming_batch_size >= 1")
         if self.negative_hinge_weight < 0 or self.negative_hinge_eta < 0 or self.negative_hinge_max_negatives < 1:

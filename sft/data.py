@@ -14,11 +14,13 @@ Three pieces, each usable alone:
   sizes (their patches are concatenated, as Qwen2.5-VL expects), and adds ``mm_token_type_ids``:
   without it Qwen2.5-VL silently falls back to 1-D positions for the image tokens. With the negative
   hinge loss on, it also packs the loss's scoring rows (``hinge_*``; rexomni.sft.losses).
+- :class:`LengthGroupedDataset` reorders a dataset into batches of similar length (``group_by_length``).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 from collections import Counter
 from typing import Any
 
@@ -206,6 +208,59 @@ class MixtureDataset(torch.utils.data.Dataset):
         return item
 
 
+class LengthGroupedDataset(torch.utils.data.Dataset):
+    """``dataset`` reordered so that each run of ``batch_size`` consecutive indices holds examples of
+    about one length: padding to a batch's longest example is what a tiny model spends most on (a
+    stage-2 synthetic batch was 1.77 tokens per real token; windows of 8 batches bring it to 1.10).
+
+    Indices are taken a window (``batch_size x window_batches``) at a time: the window's examples
+    are encoded together, sorted by length, cut into batches, and the batches shuffled (seeded by the
+    window), so the run sees every example of the underlying dataset once, in an order that depends
+    on nothing but ``seed``; a resumed run skips whole batches without encoding them. A batch of
+    short answers must not weigh as much as one of long answers, so every item also carries
+    ``expected_label_tokens``, the mean count of its window: the collator sums it and the trainer
+    divides the loss by that instead of the batch's own count (the ungrouped objective, in
+    expectation). Windows are encoded in the process that asks for them: use it with
+    ``dataloader_num_workers: 0`` (each worker would encode whole windows for single batches).
+    """
+
+    def __init__(self, dataset, batch_size: int, window_batches: int = 8, seed: int | str = 0):
+        if batch_size < 1 or window_batches < 1:
+            raise ValueError(f"need batch_size >= 1 and window_batches >= 1, got {batch_size} and {window_batches}")
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.window = batch_size * window_batches
+        self._window_index, self._items = None, []
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def skipped_images(self) -> Counter:
+        return self.dataset.skipped_images
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)}")
+        window = index // self.window
+        if window != self._window_index:
+            self._items, self._window_index = self._encode_window(window), window
+        return self._items[index - window * self.window]
+
+    def _encode_window(self, window: int) -> list[dict]:
+        start = window * self.window
+        items = [self.dataset[i] for i in range(start, min(start + self.window, len(self)))]
+        order = sorted(range(len(items)), key=lambda k: len(items[k]["input_ids"]))
+        batches = [order[j: j + self.batch_size] for j in range(0, len(order), self.batch_size)]
+        random.Random(f"{self.seed}:{window}").shuffle(batches)
+        expected = sum(label_count(item) for item in items) / len(items)
+        return [{**items[k], "expected_label_tokens": expected} for batch in batches for k in batch]
+
+
+def label_count(item: dict) -> int:
+    """Labelled tokens of an encoded example, as the shifted loss counts them (the first is never a target)."""
+    return sum(1 for t in item["labels"][1:] if t != IGNORE_INDEX)
+
+
 class SFTCollator:
     """Pads encoded examples into a training batch (right padding; labels padded with -100).
 
@@ -223,6 +278,8 @@ class SFTCollator:
         if not features:
             raise ValueError("cannot collate an empty list of examples")
         batch = self._pad(features)
+        if all("expected_label_tokens" in f for f in features):
+            batch["expected_label_tokens"] = torch.tensor(sum(f["expected_label_tokens"] for f in features))
         if any(f.get("hinge_suffixes") for f in features):
             batch.update(self._hinge_rows(features))
         return batch

@@ -39,6 +39,15 @@ def gaussian_bin_targets(bins: torch.Tensor, num_bins: int, sigma: float) -> tor
     return weights / weights.sum(-1, keepdim=True)
 
 
+def predicting_positions(labels: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool: the positions whose next token is labelled, the only logits the loss reads. Given to
+    the model as ``logits_to_keep``, it projects just these rows onto the vocabulary (about a third
+    of a synthetic example's tokens: the image and prompt are not scored)."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return keep
+
+
 class CausalLMLoss:
     """Shifted next-token loss over ``labels != -100``, summed and divided by ``num_items``.
 
@@ -59,11 +68,15 @@ class CausalLMLoss:
         return self.sigma > 0 and self.weight > 0
 
     def per_token(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(losses of the labelled positions (N,), their target ids (N,)); logits are (B, T, V)."""
-        logits, labels = logits[:, :-1], labels[:, 1:]
+        """(losses of the labelled positions (N,), their target ids (N,)). ``logits`` are (B, T, V), or
+        (N, V): already only the rows that predict a label, in order (:func:`predicting_positions`)."""
+        labels = labels[:, 1:]
         mask = labels != IGNORE_INDEX
         targets = labels[mask]
-        logprobs = F.log_softmax(logits[mask].float(), dim=-1)
+        rows = logits if logits.dim() == 2 else logits[:, :-1][mask]
+        if rows.shape[0] != targets.shape[0]:
+            raise ValueError(f"{rows.shape[0]} logit rows for {targets.shape[0]} labelled positions")
+        logprobs = F.log_softmax(rows.float(), dim=-1)
         losses = -logprobs.gather(1, targets[:, None])[:, 0]
         if self.soft:
             losses = self._mix_soft(losses, logprobs, targets)

@@ -27,15 +27,16 @@ import time
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback
 
 from rexomni.modeling import save_checkpoint
 from rexomni.tokens import VISION_END
 
 from .config import SFTConfig
-from .data import ExampleEncoder, MixtureDataset, SFTCollator
+from .data import ExampleEncoder, LengthGroupedDataset, MixtureDataset, SFTCollator
 from .heldout import evaluate_heldout, heldout_sets
-from .losses import HINGE_KEYS, CausalLMLoss, NegativeHingeLoss, load_extra_loss
+from .losses import HINGE_KEYS, CausalLMLoss, NegativeHingeLoss, load_extra_loss, predicting_positions
 from .model_setup import ModelBundle, count_by_part, load_model, parameter_groups, prepare_model
 
 logger = logging.getLogger(__name__)
@@ -117,6 +118,18 @@ class RexOmniSFTTrainer(RexOmniTrainerMixin, Trainer):
                           weight=args.naming_loss_weight, scenes=args.naming_scenes, attributes=args.naming_attributes,
                           batch_size=args.naming_batch_size, seed=args.seed, step=lambda: self.state.global_step)
 
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
+        """The loss's divisor: under ``group_by_length`` the expected labelled tokens of the batches (their
+        windows' means), not their own count, so that a batch of short answers weighs no more per token
+        than one of long answers; otherwise the Trainer's count."""
+        expected = [batch.pop("expected_label_tokens", None) for batch in batch_samples]
+        if not expected or any(e is None for e in expected):
+            return super()._get_num_items_in_batch(batch_samples, device)
+        total = torch.stack(expected).sum().to(device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            total = self.accelerator.gather(total).sum()
+        return total
+
     def lm_loss_from_outputs(self, outputs, labels, num_items_in_batch=None):
         return self.lm_loss(outputs.logits, labels, num_items_in_batch)
 
@@ -126,6 +139,7 @@ class RexOmniSFTTrainer(RexOmniTrainerMixin, Trainer):
         labels = inputs["labels"]
         # The hinge loss's rows are not model inputs: they go to the extra losses only.
         extra_inputs = {k: inputs.pop(k) for k in HINGE_KEYS if k in inputs}
+        inputs["logits_to_keep"] = predicting_positions(labels)
         if not self.extra_losses:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
@@ -250,13 +264,18 @@ def global_batch(config: SFTConfig) -> int:
     return config.per_device_train_batch_size * config.gradient_accumulation_steps * world_size()
 
 
-def build_datasets(config: SFTConfig, encoder: ExampleEncoder | None) -> tuple[MixtureDataset, dict[str, list[dict]]]:
+def build_datasets(config: SFTConfig, encoder: ExampleEncoder | None) -> tuple[Dataset, dict[str, list[dict]]]:
     """(training dataset, held-out sets by task). Training draws are seeded by the mixture's seed and
     the run's ``seed``; held-out draws by the mixture's seed only, so every run scores the same scenes."""
     mixture = build_mixture(config)
     length = config.train_examples or config.max_steps * global_batch(config)
-    train = MixtureDataset(mixture, length, encoder, seed=f"train:{mixture.seed}:{config.seed}",
-                           cache=config.cache_examples)
+    seed = f"train:{mixture.seed}:{config.seed}"
+    train = MixtureDataset(mixture, length, encoder, seed=seed, cache=config.cache_examples)
+    if config.group_by_length:
+        if world_size() > 1:
+            logger.warning("group_by_length: each of the %d processes encodes every window, its own batches and "
+                           "the others'", world_size())
+        train = LengthGroupedDataset(train, config.per_device_train_batch_size, config.length_group_window, seed)
     return train, heldout_sets(mixture, config.eval_examples)
 
 

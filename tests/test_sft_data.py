@@ -13,7 +13,14 @@ import pytest
 import torch
 from rexomni.data_engines.mixture import Mixture
 from rexomni.sft.config import load_config
-from rexomni.sft.data import IGNORE_INDEX, ExampleEncoder, MixtureDataset, SFTCollator
+from rexomni.sft.data import (
+    IGNORE_INDEX,
+    ExampleEncoder,
+    LengthGroupedDataset,
+    MixtureDataset,
+    SFTCollator,
+    label_count,
+)
 from sft_helpers import TINY_YAML, cli_args, single_object_data
 
 from rexomni.modeling import preset_settings
@@ -119,6 +126,32 @@ def test_dataset_is_random_access_and_deterministic(pipeline):
         a.example(5)
 
 
+def test_length_grouped_batches_hold_every_example_once_with_less_padding(pipeline):
+    """group_by_length: the windows' examples, each once, in batches of about one length (less padding
+    than as drawn), the same order however the indices are reached (a resumed run), every item
+    carrying its window's mean labelled-token count, which the collator sums per batch."""
+    _, encoder, _, _ = pipeline
+    drawn = MixtureDataset(Mixture(MIXED_SIZES), 22, encoder, seed="g")
+    grouped = LengthGroupedDataset(drawn, batch_size=4, window_batches=2, seed="g")
+    items = [grouped[i] for i in range(len(grouped))]
+    key = lambda item: tuple(item["input_ids"])  # noqa: E731
+    assert sorted(map(key, items)) == sorted(key(drawn[i]) for i in range(len(drawn)))
+
+    def padded(seq):
+        return sum(max(len(x["input_ids"]) for x in seq[j: j + 4]) * len(seq[j: j + 4]) for j in range(0, len(seq), 4))
+    assert padded(items) < padded([drawn[i] for i in range(len(drawn))])
+    for start in range(0, 22, 8):  # each window: the mean labelled count of its own examples
+        window = [drawn[i] for i in range(start, min(start + 8, 22))]
+        mean = sum(label_count(x) for x in window) / len(window)
+        assert all(x["expected_label_tokens"] == pytest.approx(mean) for x in items[start: start + 8])
+    resumed = LengthGroupedDataset(drawn, batch_size=4, window_batches=2, seed="g")
+    assert [key(resumed[i]) for i in (13, 5, 21, 12)] == [key(items[i]) for i in (13, 5, 21, 12)]
+    batch = SFTCollator(encoder.pad_id, encoder.image_token_id)(items[:4])
+    assert float(batch["expected_label_tokens"]) == pytest.approx(4 * items[0]["expected_label_tokens"])
+    with pytest.raises(IndexError, match="index 22 out of range"):
+        grouped[22]
+
+
 def test_unreadable_image_is_skipped_and_counted(tmp_path, pipeline):
     from rexomni.data_engines.synth import write_synth_dataset
 
@@ -156,6 +189,8 @@ def test_config_overrides_and_errors(tmp_path):
         load_config(None, {"data": "x.yaml"})
     with pytest.raises(ValueError, match="max_steps"):
         load_config(TINY_YAML, {"max_steps": 0})
+    with pytest.raises(ValueError, match="group_by_length needs dataloader_num_workers 0"):
+        load_config(TINY_YAML, {"group_by_length": True, "dataloader_num_workers": 2})
 
 
 def test_a_mapping_and_null_come_through_the_command_line():

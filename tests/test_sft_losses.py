@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from rexomni.sft.losses import CausalLMLoss, gaussian_bin_targets, load_extra_loss
+from rexomni.sft.losses import CausalLMLoss, gaussian_bin_targets, load_extra_loss, predicting_positions
 
 VOCAB, COORD_START, BINS = 1200, 100, 1000
 COORD_IDS = list(range(COORD_START, COORD_START + BINS))
@@ -30,6 +30,18 @@ def test_plain_loss_is_shifted_cross_entropy():
     # num_items (the accumulated batch's labelled tokens) divides the sum instead of the mean
     summed = CausalLMLoss(COORD_IDS)(logits, labels, num_items=torch.tensor(6))
     torch.testing.assert_close(summed, ref * 3 / 6)
+
+
+def test_logits_of_the_predicting_positions_alone_give_the_same_loss():
+    """The model may project only the positions whose next token is labelled (logits_to_keep): the
+    loss over those rows, soft labels included, is the loss over the full logits."""
+    logits, labels = batch()
+    keep = predicting_positions(labels)
+    assert keep.tolist() == [[False, True, True, False, False], [True, False, False, False, False]]
+    for loss in (CausalLMLoss(COORD_IDS), CausalLMLoss(COORD_IDS, soft_label_sigma=3.0, soft_label_weight=0.5)):
+        torch.testing.assert_close(loss(logits[keep], labels), loss(logits, labels))
+    with pytest.raises(ValueError, match="2 logit rows for 3 labelled positions"):
+        CausalLMLoss()(logits[keep][:2], labels)
 
 
 def test_soft_labels_put_gradient_mass_on_neighbouring_bins():

@@ -104,17 +104,25 @@ def test_lora_run_saves_adapter_and_merges_with_extra_loss(tmp_path, test_tokeni
     assert np.isfinite(detector.detect(np.zeros((112, 112, 3), np.uint8), ["red circle"]).scores).all()
 
 
-def test_trainer_takes_the_steps_of_a_plain_adamw_loop(tmp_path):
+MIXED_LENGTHS = {"seed": 0, "codec": "center", "sources": [{"name": "s", "synth": {"mode": "shapes", "size": 112,
+                 "masks": False}, "tasks": {"referring": 1, "grounding": 1}}]}
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["as-drawn", "grouped-by-length"])
+def test_trainer_takes_the_steps_of_a_plain_adamw_loop(tmp_path, grouped):
     """The Trainer path hides nothing: its weights after a few steps equal those of a plain PyTorch
-    loop (same model, batches, AdamW, clipping). A learning gap is then the task's, not the trainer's."""
+    loop (same model, batches, AdamW, clipping) that computes every logit and divides by the batch's
+    labelled tokens, or under group_by_length by its window's expected count. A learning gap is then
+    the task's, not the trainer's; logits only where the loss reads them change nothing."""
     from rexomni.sft.data import ExampleEncoder, SFTCollator
     from rexomni.sft.losses import CausalLMLoss
     from rexomni.sft.model_setup import load_model, prepare_model
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     steps, batch = 4, 4
+    grouping = {"group_by_length": True, "length_group_window": 2, "data": MIXED_LENGTHS} if grouped else {}
     config = load_config(TINY_YAML, tiny_overrides(tmp_path / "trainer", max_steps=steps, max_grad_norm=0.5,
-                                                   per_device_train_batch_size=batch))
+                                                   per_device_train_batch_size=batch, **grouping))
     with one_thread():
         bundle = load_model(config.model_args, seed=config.seed, bf16=config.bf16)
         model = prepare_model(bundle, config.model_args)
@@ -125,9 +133,10 @@ def test_trainer_takes_the_steps_of_a_plain_adamw_loop(tmp_path):
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
         for step in range(steps):
             inputs = collate([train_set[i] for i in range(step * batch, (step + 1) * batch)])
-            labels = inputs.pop("labels")
+            labels, num_items = inputs.pop("labels"), inputs.pop("expected_label_tokens", None)
+            assert (num_items is not None) == grouped
             optimizer.zero_grad()
-            loss_fn(model(**inputs).logits, labels).backward()
+            loss_fn(model(**inputs).logits, labels, num_items).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
         run_sft(config)
