@@ -36,23 +36,10 @@ def encoded_items(config_path: str, model: str, num_batches: int):
     return config, bundle, [dataset[i] for i in range(num_batches * config.per_device_train_batch_size)]
 
 
-class Held(torch.utils.data.Dataset):
-    """Items in memory, as a dataset (what LengthGroupedDataset wraps)."""
-
-    def __init__(self, items):
-        self.items, self.skipped_images = items, {}
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]
-
-
 def batches(items, collator, batch_size: int, window: int | None):
     from rexomni.sft.data import LengthGroupedDataset
 
-    data = Held(items) if window is None else LengthGroupedDataset(Held(items), batch_size, window, seed="bench")
+    data = items if window is None else LengthGroupedDataset(items, batch_size, window, seed="bench")
     return [collator([data[i] for i in range(j, j + batch_size)]) for j in range(0, len(items), batch_size)]
 
 
