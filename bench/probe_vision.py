@@ -183,7 +183,8 @@ def learn(args) -> None:
 
 
 def probe_names(predictions: str, benchmark: str, dataset: str) -> None:
-    """For each detect_all box on a shape (IoU >= 0.5), is the colour of its name right, the kind?"""
+    """For each detect_all box on a shape (IoU >= 0.5), is the colour of its name right, the kind? And the share
+    of present phrases (a shape's colour and kind) the answers leave without a box."""
     import json
     from collections import Counter
 
@@ -196,8 +197,11 @@ def probe_names(predictions: str, benchmark: str, dataset: str) -> None:
     counts, confusions = Counter(), Counter()
     for scene in synth_samples(spec.synth):
         answer = answers.get(scene["key"])
-        if answer is None or not answer["boxes"]:
+        if answer is None:
             continue
+        present = {f"{o['attributes']['color']} {o['attributes']['kind']}" for o in scene["objects"]}
+        counts["present phrases"] += len(present)
+        counts["present answered None"] += len(present - set(answer["labels"]))
         ious = box_iou(answer["boxes"], [o["bbox"] for o in scene["objects"]])
         for label, row in zip(answer["labels"], ious):
             if row.max() < 0.5:
@@ -215,6 +219,7 @@ def probe_names(predictions: str, benchmark: str, dataset: str) -> None:
     print(f"{predictions}: {counts['boxes on a shape']} boxes on a shape, {counts['boxes on no shape']} on none")
     for name in ("colour right", "kind right", "both right"):
         print(f"  {name:13s} {counts[name] / on_shape:.2f}")
+    print(f"  present phrases answered None {counts['present answered None'] / max(counts['present phrases'], 1):.2f}")
     print("  most written kinds for another:", ", ".join(f"{k} ({n})" for k, n in confusions.most_common(6)))
 
 

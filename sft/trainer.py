@@ -388,7 +388,8 @@ def plan(config: SFTConfig) -> str:
         f"model          {model_args.model_name_or_path or 'random ' + str(model_args.preset)}  [shape: {origin}]",
         f"world size     {ws}  (WORLD_SIZE; launchers set it)",
         f"batch          {config.per_device_train_batch_size} per device x {config.gradient_accumulation_steps} "
-        f"accumulation x {ws} processes = {gb} global",
+        f"accumulation x {ws} processes = {gb} global"
+        + (f", grouped by length {config.length_group_window} batches at a time" if config.group_by_length else ""),
         f"steps          {config.max_steps}  ({config.max_steps * gb} examples)"
         + (f", stopping at {config.stop_at_step}" if config.stop_at_step else ""),
         f"tokens/step    {_tokens_per_step(config, settings, gb)}",
@@ -400,7 +401,10 @@ def plan(config: SFTConfig) -> str:
                                            f"{config.soft_label_weight:g})" if config.soft_label_sigma else "")
         + (f" + {config.extra_loss}" if config.extra_loss else "")
         + (f" + negative hinge (weight {config.negative_hinge_weight:g}, eta {config.negative_hinge_eta:g})"
-           if config.negative_hinge_weight else ""),
+           if config.negative_hinge_weight else "")
+        + (f" + naming ({', '.join(config.naming_attributes)} at each shape's image token, weight "
+           f"{config.naming_loss_weight:g}, {config.naming_batch_size} scenes per step)"
+           if config.naming_loss_weight else ""),
         f"lora           {f'r={model_args.lora_r} alpha={model_args.lora_alpha}' if model_args.uses_lora else 'off'}"
         + lora_note,
         "parameters     part      total          trainable   frozen",

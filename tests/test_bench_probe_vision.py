@@ -62,6 +62,7 @@ def test_names_checks_the_colour_and_the_kind_written_on_each_shape(tmp_path, mo
     out = capsys.readouterr().out
     assert "3 boxes on a shape, 1 on none" in out
     assert "colour right  1.00" in out and "kind right    0.67" in out
+    assert "present phrases answered None 0.25" in out, "scene 2's phrase names another kind: its shape went unnamed"
 
 
 def test_token_labels_name_the_cell_of_each_centre_and_the_larger_shape_wins():

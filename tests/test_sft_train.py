@@ -26,6 +26,8 @@ def test_dry_run_every_shipped_config(path, capsys):
     for key in ("world size", "global", "steps", "tokens/step", "parameters", "vision", "merger", "llm"):
         assert key in out, f"{key!r} missing from the plan of {os.path.basename(path)}"
     config = load_config(path)
+    assert ("+ naming (" in out) == bool(config.naming_loss_weight), "the plan names the naming loss when it is on"
+    assert ("grouped by length" in out) == config.group_by_length
     if config.model_args.freeze_vision:
         assert any(line.split()[:1] == ["vision"] and line.rstrip().endswith("yes") for line in out.splitlines())
 
