@@ -35,7 +35,8 @@ def draw_result(image: Any, result, *, show_scores: bool = True, line_width: int
     :class:`rexomni.result.Result`) drawn: boxes, points, polygons and skeletons, each with its label and score.
 
     Lines and captions scale with the image; a caption sits outside its box (above, else below),
-    so on a small image it never hides the object.
+    so on a small image it never hides the object, and clear of the captions placed before it where
+    either side has room. Captions go on after every shape, so no line crosses one.
     """
     canvas = load_image(image).copy()
     width, height = canvas.size
@@ -47,6 +48,7 @@ def draw_result(image: Any, result, *, show_scores: bool = True, line_width: int
     font = ImageFont.load_default(size=max(8, min(16, round(min(width, height) / 20))))
     n = len(result.labels)
     boxes = result.boxes if len(result.boxes) == n else None
+    captions = []  # (extent the caption must stay clear of, text, colour), drawn last
     for i, label in enumerate(result.labels):
         color = label_color(label)
         score = float(result.scores[i]) if i < len(result.scores) else float("nan")
@@ -68,7 +70,10 @@ def draw_result(image: Any, result, *, show_scores: bool = True, line_width: int
         if result.keypoints is not None:
             _draw_skeleton(draw, result.keypoints[i], color, line_width, point_radius, skeleton)
         if extent is not None:
-            _caption(draw, font, extent, caption, color, (width, height))
+            captions.append((extent, caption, color))
+    placed: list[tuple[float, float, float, float]] = []
+    for extent, caption, color in captions:
+        placed.append(_caption(draw, font, extent, caption, color, (width, height), placed))
     return canvas
 
 
@@ -83,15 +88,23 @@ def _draw_skeleton(draw, joints: dict, color, line_width: int, radius: int, skel
             draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=(255, 255, 255), outline=color)
 
 
-def _caption(draw, font, extent, text: str, color, image_size) -> None:
-    """``text`` on a filled tag just above ``extent``, or just below it when there is no room above."""
+def _caption(draw, font, extent, text: str, color, image_size, placed) -> tuple[float, float, float, float]:
+    """``text`` on a filled tag just above ``extent``, or just below it when there is no room above or
+    the tag would cover one of the ``placed`` tags while below would not. Returns the tag's rectangle."""
     x0, y0, x1, y1 = (float(v) for v in extent)
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     w, h = right - left + 4, bottom - top + 2
     image_w, image_h = image_size
     x = min(max(0.0, x0), max(0.0, image_w - w))
-    y = y0 - h - 1 if y0 - h - 1 >= 0 else min(y1 + 1, image_h - h)
+    above, below = y0 - h - 1, min(y1 + 1, image_h - h)
+    candidates = [above, below] if above >= 0 else [below]
+    y = next((c for c in candidates if not any(_overlap((x, c, x + w, c + h), r) for r in placed)), candidates[0])
     draw.rectangle([x, y, x + w, y + h], fill=color)
     # Dark text on light colours, light text on dark ones.
     luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
     draw.text((x + 2, y - top + 1), text, fill=(0, 0, 0) if luminance > 140 else (255, 255, 255), font=font)
+    return x, y, x + w, y + h
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]

@@ -116,6 +116,22 @@ def test_captions_on_a_small_image_never_cover_the_box(box):
     assert outside.sum() > 0, "the caption is drawn next to the box"
 
 
+def test_captions_of_neighbouring_boxes_do_not_cover_each_other():
+    """Two boxes side by side: the second caption goes below its box rather than over the first caption."""
+    labels, boxes = ["red circle", "blue square"], [[20, 40, 50, 80], [56, 40, 90, 80]]
+    assert label_color(labels[0]) != label_color(labels[1])
+
+    def pixels_of(label, kept):
+        result = Result(task="detection", width=112, height=112, labels=[labels[i] for i in kept],
+                        scores=np.array([0.9] * len(kept), np.float32),
+                        boxes=np.array([boxes[i] for i in kept], np.float32))
+        drawn = np.asarray(draw_result(np.zeros((112, 112, 3), np.uint8), result))
+        return int((drawn == label_color(label)).all(-1).sum())
+
+    assert pixels_of("red circle", [0, 1]) == pixels_of("red circle", [0]) > 0
+    assert pixels_of("blue square", [0, 1]) == pixels_of("blue square", [1]) > 0
+
+
 def test_result_filter_keeps_items_at_or_above_the_threshold():
     result = Result(task="detection", width=100, height=100, labels=["a", "b", "c"],
                     scores=np.array([0.9, 0.2, np.nan], np.float32),
