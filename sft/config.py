@@ -196,7 +196,6 @@ class SFTConfig(TrainingArguments):
             raise ValueError("config: need negative_hinge_weight >= 0, negative_hinge_eta >= 0 and "
                              "negative_hinge_max_negatives >= 1")
         self.bf16 = resolve_bf16(self.bf16)
-        self.dataloader_pin_memory = self.dataloader_pin_memory and torch.cuda.is_available()  # pinning needs a GPU
         prepare_cpu_processes(self)  # before TrainingArguments sets up the devices
         super().__post_init__()
 

@@ -28,6 +28,7 @@ import torch
 
 def prepare_cpu_processes(args) -> None:
     """Adjust ``args`` (TrainingArguments whose devices are not set up yet) for a machine without CUDA."""
+    args.dataloader_pin_memory = args.dataloader_pin_memory and torch.cuda.is_available()  # pinning needs a GPU
     if args.deepspeed:
         disable_shm_op()
     launched = int(os.environ.get("LOCAL_RANK", "-1")) != -1

@@ -176,6 +176,16 @@ def test_vllm_rollouts_refuse_what_they_would_silently_get_wrong():
         load_config(None, {**base, "data": box_only, "reward_weights": {"box": 1.0, "confidence": 0.5}})
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="what a machine without CUDA gets")
+def test_configs_do_not_pin_memory_without_a_gpu():
+    """Pinning needs a GPU: without one, SFT and GRPO configs turn it off instead of warning at each epoch."""
+    data = {"seed": 0, "sources": [{"name": "s", "synth": {"mode": "single", "size": 112}, "tasks": {"referring": 1}}]}
+    grpo = load_config(None, {"model_name_or_path": "runs/none", "data": data, "report_to": "none",
+                              "output_dir": "/tmp/x"})
+    sft = load_sft_config(TINY_YAML, {"report_to": "none", "output_dir": "/tmp/x"})
+    assert not grpo.dataloader_pin_memory and not sft.dataloader_pin_memory
+
+
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     """A GRPO run killed with SIGKILL after a checkpoint resumes from it (resume_from_checkpoint: auto) and
     ends with the weights of a run that was never interrupted: the rollouts' random state is restored too.
