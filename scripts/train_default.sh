@@ -5,8 +5,9 @@
 #
 #   bash scripts/train_default.sh [OUT]        # OUT: runs/rexomni-synth; OUT/grpo is the model
 #
-# About three hours and twenty minutes on a shared 2-core machine (docs/recipe.md, runs 16, 18, 36 and
-# 37); OMP_NUM_THREADS=1 leaves the other core free, at some cost in time. From stage 2 on the stage
+# 3 h 21 min on a 2-core machine shared with other runs (docs/recipe.md, runs 16, 18, 36 and 37); on one
+# of its own, two threads, about 2 h 10 min (python bench/bench_path.py times each stage here).
+# OMP_NUM_THREADS=1 leaves the other core free, at some cost in time. From stage 2 on the stage
 # configs keep the naming loss on (colour and kind stay in the image tokens) and group batches by length.
 set -euo pipefail
 cd "$(dirname "$0")/.."
