@@ -81,7 +81,8 @@ def generate_scene(seed_or_rng: int | random.Random | None = None, size: int | S
                    backgrounds: Sequence[str] | None = None, num_objects: tuple[int, int] | None = None,
                    granularity: str | None = None, negative_prob: float = 0.0,
                    distractors: bool | None = None, held_out: int | Sequence[int] = 0,
-                   held_out_kinds: Sequence[str] = OOD_KINDS, masks: bool = True) -> tuple[Image.Image, dict]:
+                   held_out_kinds: Sequence[str] = OOD_KINDS, masks: bool = True,
+                   absent_change: Sequence[str] | None = None) -> tuple[Image.Image, dict]:
     """Draw one scene; returns ``(image, sample)``. Same seed, same scene.
 
     ``granularity`` (shapes/single) names objects by ``kind``, ``color kind`` or ``size color kind``
@@ -98,10 +99,14 @@ def generate_scene(seed_or_rng: int | random.Random | None = None, size: int | S
     :data:`BACKGROUNDS` (modes that draw one). ``masks=False`` skips the RLE masks (points are
     still computed). ``distractors`` (shapes/single; default: shapes yes, single no) follows half of
     the objects with a hard distractor: the same kind in another colour or the same colour in another kind.
+    ``absent_change`` (shapes/single) names the attributes an absent look-alike may differ in (default:
+    every one the granularity names): ``["color"]`` asks lists that only colour decides.
     """
     unknown = [k for k in list(kinds) + list(held_out_kinds) if k not in _SHAPES]
     if unknown:
         raise ValueError(f"unknown shape kinds {unknown}; known: {sorted(_SHAPES)}")
+    if absent_change is not None and (not absent_change or not set(absent_change) <= {"kind", "color", "size"}):
+        raise ValueError(f"absent_change must name attributes among ['kind', 'color', 'size'], got {absent_change!r}")
     if sizes is not None and (not sizes or any(s not in SIZES for s in sizes)):
         raise ValueError(f"sizes must name size classes among {list(SIZES)}, got {list(sizes)}")
     sizes = tuple(sizes or SIZES)
@@ -112,13 +117,15 @@ def generate_scene(seed_or_rng: int | random.Random | None = None, size: int | S
         scene.shapes(kinds, colors, num_objects or (1, 3), textures=False, sizes=sizes, distractors=bool(distractors))
         scene.held_out_shapes(held_out_kinds, colors, held_out, sizes, textures=False)
         granularity = granularity or "color kind"
-        sample = scene.shape_sample(granularity, referring=False, negative_prob=negative_prob)
+        sample = scene.shape_sample(granularity, referring=False, negative_prob=negative_prob,
+                                    absent_change=absent_change)
     elif mode == "shapes":
         scene.shapes(kinds, colors, num_objects or (2, 8), textures=True, sizes=sizes,
                      distractors=distractors is not False)
         scene.held_out_shapes(held_out_kinds, colors, held_out, sizes, textures=True)
         granularity = granularity or rng.choice(("kind", "color kind", "color kind", "size color kind"))
-        sample = scene.shape_sample(granularity, referring=True, negative_prob=negative_prob)
+        sample = scene.shape_sample(granularity, referring=True, negative_prob=negative_prob,
+                                    absent_change=absent_change)
     elif mode == "ocr":
         sample = scene.words(num_objects or (2, 6))
     elif mode == "keypoints":
@@ -364,7 +371,8 @@ class _Scene:
     def _name(attrs: dict, granularity: str) -> str:
         return shape_phrase(attrs, granularity)
 
-    def shape_sample(self, granularity: str, referring: bool, negative_prob: float = 0.0) -> dict:
+    def shape_sample(self, granularity: str, referring: bool, negative_prob: float = 0.0,
+                     absent_change: Sequence[str] | None = None) -> dict:
         rng = self.rng
         objects = []
         for p in self.placed:
@@ -375,7 +383,7 @@ class _Scene:
         present = sorted({o["phrase"] for o in objects})
         held = [{"phrase": self._name(p.attributes, granularity), "bbox": p.box, "attributes": dict(p.attributes)}
                 for p in self.held_out]
-        absent = [c for c in self._absent(granularity, present) if c not in {h["phrase"] for h in held}]
+        absent = [c for c in self._absent(granularity, present, absent_change) if c not in {h["phrase"] for h in held}]
         sample: dict = {"objects": objects, "categories": sorted(set(present) | set(absent))}
         if held:
             sample["held_out"] = held
@@ -404,12 +412,16 @@ class _Scene:
                     out.add(self._name(a.attributes, granularity))
         return sorted(out)
 
-    def _absent(self, granularity: str, present: list[str]) -> list[str]:
-        """Hard absent phrases: each present phrase with one attribute changed, when that is absent."""
+    def _absent(self, granularity: str, present: list[str], change: Sequence[str] | None = None) -> list[str]:
+        """Hard absent phrases: each present phrase with one attribute (of ``change``, default any the
+        granularity names) changed, when that is absent."""
+        keys = [k for k in ("kind", "color", "size") if k in granularity and (change is None or k in change)]
+        if not keys:
+            return []
         out = []
         for p in self.placed[:6]:
             attrs = dict(p.attributes)
-            key = self.rng.choice([k for k in ("kind", "color", "size") if k in granularity])
+            key = self.rng.choice(keys)
             pool = {"kind": TRAIN_KINDS, "color": tuple(COLORS), "size": tuple(SIZES)}[key]
             attrs[key] = self.rng.choice([v for v in pool if v != attrs[key]])
             name = self._name(attrs, granularity)

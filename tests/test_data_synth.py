@@ -72,6 +72,23 @@ def test_phrases_follow_one_granularity_and_absent_phrases_are_absent():
         assert len(set(sample["categories"]) - present) >= 1
 
 
+def test_absent_change_keeps_the_other_attributes_of_a_present_shape():
+    """``absent_change=["color"]``: every absent phrase is a present shape's kind in a colour not in the scene."""
+    seen = 0
+    for seed in range(20):
+        _, sample = generate_scene(seed, 160, "single", granularity="color kind", num_objects=(1, 4),
+                                   distractors=True, absent_change=["color"])
+        present = {o["phrase"] for o in sample["objects"]}
+        kinds = {o["attributes"]["kind"] for o in sample["objects"]}
+        for phrase in set(sample["categories"]) - present:
+            color, kind = phrase.split(" ", 1)
+            assert kind in kinds and color in COLORS
+            seen += 1
+    assert seen >= 20
+    with pytest.raises(ValueError, match="absent_change"):
+        generate_scene(0, 160, "single", absent_change=["shade"])
+
+
 def _box_of_description(sample, desc):
     words = desc.removeprefix("the ").split()
     hits = [o for o in sample["objects"]
