@@ -29,7 +29,10 @@ TASKS = ("grounding", "referring", "pointing", "visual_prompting", "keypoints", 
          "gui_grounding", "gui_pointing", "detect_all")
 # task -> option -> help. detect_all's granularity names shapes by "kind", "color kind" or "size color
 # kind" (objects with synthetic attributes; others keep their phrase); unset, every object keeps its phrase.
-TASK_OPTIONS = {"detect_all": {"granularity": f"how shapes are named: one of {list(GRANULARITIES)}"}}
+_ABSENT_ONLY = ("the share of examples that ask verified-absent phrases only, every one answered None: without "
+                "them one phrase of every request is present, and a model learns that instead of looking")
+TASK_OPTIONS = {"detect_all": {"granularity": f"how shapes are named: one of {list(GRANULARITIES)}"},
+                "grounding": {"absent_only": _ABSENT_ONLY}, "pointing": {"absent_only": _ABSENT_ONLY}}
 
 MAX_PHRASES = 4   # positive phrases asked at most in one grounding / pointing example
 MAX_ABSENT = 4    # verified-absent phrases asked at most (answered None)
@@ -63,6 +66,9 @@ def check_options(task: str, options: dict) -> dict:
     granularity = options.get("granularity")
     if granularity is not None and granularity not in GRANULARITIES:
         raise ValueError(f"task {task!r}: granularity must be one of {list(GRANULARITIES)}, got {granularity!r}")
+    absent_only = options.get("absent_only", 0.0)
+    if not (isinstance(absent_only, (int, float)) and 0 <= absent_only <= 1):
+        raise ValueError(f"task {task!r}: absent_only must be a share between 0 and 1, got {absent_only!r}")
     return dict(options)
 
 
@@ -99,17 +105,21 @@ class _Context:
 
     def draw_phrases(self, present: list[str]) -> list[str]:
         """1..MAX_PHRASES present phrases plus 0..MAX_ABSENT verified-absent ones, shuffled; the most of
-        both with probability FULL_LIST_PROB."""
+        both with probability FULL_LIST_PROB; with probability ``absent_only`` (a task option) no present
+        phrase at all."""
         rng = self.rng
         full_list = rng.random() < FULL_LIST_PROB
 
         def how_many(pool: list[str], low: int, high: int) -> int:
             return min(len(pool), high) if full_list else rng.randint(low, min(len(pool), high))
 
-        asked = rng.sample(present, how_many(present, 1, MAX_PHRASES)) if present else []
         # Absent means absent: a phrase whose objects lack this task's geometry is not asked at all.
         skip = {o["phrase"] for o in self.sample.get("objects", [])} | set(self.negative_phrases)
         absent = [c for c in self.sample.get("categories", []) if c not in skip]
+        absent_only = self.options.get("absent_only", 0.0)
+        if absent and absent_only and rng.random() < absent_only:
+            present = []
+        asked = rng.sample(present, how_many(present, 1, MAX_PHRASES)) if present else []
         if absent:
             asked += rng.sample(absent, how_many(absent, 0 if asked else 1, MAX_ABSENT))
         if not asked:

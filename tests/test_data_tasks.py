@@ -53,6 +53,24 @@ def test_grounding_answers_asked_phrases_in_order_with_none_for_absent():
     assert absent_seen > 0
 
 
+@pytest.mark.parametrize("task", ["grounding", "pointing"])
+def test_absent_only_asks_requests_whose_every_phrase_is_answered_none(task):
+    """By default one phrase of every request is present; ``absent_only`` is the share where none is."""
+    def all_absent(options, seeds=range(60)):
+        count = 0
+        for seed in seeds:
+            _, sample = generate_scene(seed, 224, "single", num_objects=(1, 4), distractors=True)
+            ex = build_example(sample, task, seed, options=options)
+            count += not ex["targets"]
+        return count
+
+    assert all_absent({}) == 0
+    assert 5 <= all_absent({"absent_only": 0.3}) <= 35
+    assert all_absent({"absent_only": 1.0}) >= 55  # every scene with a verified-absent phrase
+    with pytest.raises(ValueError, match="absent_only"):
+        build_example(generate_scene(0, 224)[1], task, 0, options={"absent_only": 2})
+
+
 def test_negatives_are_conditioned_on_and_never_answered():
     built = 0
     for seed in range(30):
