@@ -3,6 +3,7 @@
     python bench/probe_vision.py tokens MODEL [MODEL ...] [--scenes 1200]
     python bench/probe_vision.py learn [--preset tiny] [--pixels 112] [--width 64] [--depth 4] [--steps 2000]
     python bench/probe_vision.py names runs/eval/NAME/predictions/detect-all.jsonl
+    python bench/probe_vision.py presence MODEL [--scenes 60]
     (each: [--seed 0] [--threads N])
 
 - ``tokens``: a linear probe. Each model reads one-shape scenes of the synthetic benchmark's family
@@ -23,6 +24,11 @@
   --benchmark eval/benchmarks/synth_detect_all.yaml`` cached, and, for every box that lands on a
   shape (IoU >= 0.5), checks the colour and the kind of the name written next to it. On the held-out
   benchmark's detection predictions it tells which of the asked phrases a box went to.
+- ``presence``: does the model look before it answers ``None``? In the benchmark's crowded scenes the
+  first shape is asked by its own phrase and by a look-alike absent from the scene (its kind in
+  another colour), each alone and both in one list (the order alternating): the share of each that
+  gets a box. A model that reads colour boxes the first and not the second; one that learnt "some
+  phrase of every request is present" boxes both alike.
 """
 
 from __future__ import annotations
@@ -223,6 +229,30 @@ def probe_names(predictions: str, benchmark: str, dataset: str) -> None:
     print("  most written kinds for another:", ", ".join(f"{k} ({n})" for k, n in confusions.most_common(6)))
 
 
+def probe_presence(model, n: int, seed: int) -> dict[str, float]:
+    """The share of the own phrase and of an absent colour look-alike that get a box, alone and in one list
+    (``model``: anything with RexOmni's ``detect``)."""
+    import random
+
+    rng, boxed = random.Random(seed), {}
+    scenes = benchmark_scenes(n, seed, crowded=True)
+    for i, scene in enumerate(scenes):
+        kind = scene["objects"][0]["attributes"]["kind"]
+        present = {o["phrase"] for o in scene["objects"]}
+        own = scene["objects"][0]["phrase"]
+        look_alike = rng.choice([f"{c} {kind}" for c in COLOURS if f"{c} {kind}" not in present])
+        asked = {"alone": [[own], [look_alike]], "in a list": [[own, look_alike] if i % 2 else [look_alike, own]]}
+        for where, requests in asked.items():
+            labels = set().union(*(model.detect(scene["image"], request).labels for request in requests))
+            for name, phrase in (("own phrase", own), ("absent look-alike", look_alike)):
+                boxed[f"{name}, {where}"] = boxed.get(f"{name}, {where}", 0) + (phrase in labels)
+    shares = {k: v / len(scenes) for k, v in boxed.items()}
+    print(f"boxed, over {len(scenes)} scenes")
+    for key, share in shares.items():
+        print(f"  {key:30s} {share:.2f}")
+    return shares
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="probe", required=True)
@@ -246,7 +276,10 @@ def main() -> None:
                                            "--dataset detection)")
     names.add_argument("--benchmark", default="eval/benchmarks/synth_detect_all.yaml")
     names.add_argument("--dataset", default="detect-all")
-    for p in (tokens, tower, names):
+    presence = sub.add_parser("presence", help="a phrase and its absent look-alike: which get a box")
+    presence.add_argument("model", help="a checkpoint folder or short name")
+    presence.add_argument("--scenes", type=int, default=60)
+    for p in (tokens, tower, names, presence):
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -255,6 +288,10 @@ def main() -> None:
         probe_tokens(args.models, args.scenes, args.seed)
     elif args.probe == "names":
         probe_names(args.predictions, args.benchmark, args.dataset)
+    elif args.probe == "presence":
+        from rexomni.api import RexOmni
+
+        probe_presence(RexOmni.from_pretrained(args.model, device="cpu"), args.scenes, args.seed)
     else:
         learn(args)
 

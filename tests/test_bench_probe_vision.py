@@ -88,3 +88,19 @@ def test_learn_dense_scores_shape_tokens_of_crowded_scenes(monkeypatch, capsys):
     probe_vision.main()
     out = capsys.readouterr().out
     assert "every shape-centre token of crowded scenes" in out and "step 2: loss" in out
+
+
+class _AnswersFirstPhrase:
+    """A fake model that boxes the first phrase of each request and nothing else."""
+
+    def detect(self, image, phrases):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(labels=[phrases[0]])
+
+
+def test_presence_counts_each_phrase_alone_and_in_a_list_in_both_orders(capsys):
+    shares = probe_vision.probe_presence(_AnswersFirstPhrase(), 6, seed=1)
+    assert shares["own phrase, alone"] == shares["absent look-alike, alone"] == 1.0
+    assert shares["own phrase, in a list"] == shares["absent look-alike, in a list"] == 0.5
+    assert "boxed, over 6 scenes" in capsys.readouterr().out
