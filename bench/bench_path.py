@@ -7,8 +7,8 @@ flags), into a scratch folder, one stage at a time; its steps/s times the stage'
 gives the stage's minutes. The warm-up starts from random weights and stage 1 from that warm-up's
 output; stages 2-4 and GRPO start from ``--model`` (default: the shipped model, which has their shape
 and, for GRPO, answers as long as the path's stage 4 does). Not counted: the held-out evaluations
-inside the stages (about a minute in all) and each process's start-up. Run it on an otherwise idle
-machine: a second job on the cores slows every stage (docs/recipe.md lists both kinds of numbers).
+inside the stages and process start-ups (about 3 minutes in all). Run it on an otherwise idle machine:
+a second job on the cores slows every stage (docs/recipe.md lists both kinds of numbers).
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ STAGES = [
 ]
 
 
-def stage_command(name: str, args: list[str], steps: int, output_dir: str) -> list[str]:
+def stage_command(args: list[str], steps: int, output_dir: str) -> list[str]:
     """``args`` cut to ``steps`` steps in ``output_dir``: no checkpoints, no held-out scoring."""
-    if name == "warm-up":  # the warm-up's schedule has no stop_at_step; its held-out scoring waits for step 500
+    if args[0] == "warmup":  # the warm-up's schedule has no stop_at_step; its held-out scoring waits for step 500
         cut = ["--max_steps", str(steps)]
     elif args[0] == "grpo":  # a constant rate: fewer max_steps change nothing per step
         cut = ["--max_steps", str(steps), "--eval_examples", "0"]
@@ -73,7 +73,7 @@ def main() -> None:
         fill = {"warmup": os.path.join(scratch, "warm-up"), "model": args.model}
         for name, stage_args, path_steps in STAGES:
             stage_args = [a.format(**fill) for a in stage_args]
-            command = stage_command(name, stage_args, args.steps, os.path.join(scratch, name.replace(" ", "-")))
+            command = stage_command(stage_args, args.steps, os.path.join(scratch, name.replace(" ", "-")))
             print(f"{name}: rexomni {' '.join(command[3:])}", file=sys.stderr, flush=True)
             run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
             rate = steps_per_second(run.stdout + run.stderr)

@@ -24,11 +24,12 @@ def test_the_stages_and_their_steps_are_those_of_train_default():
 
 
 def test_each_stage_is_cut_without_changing_its_schedule():
-    name, args, _ = bench_path.STAGES[2]
-    command = bench_path.stage_command(name, args, 40, "/tmp/x")
+    command = bench_path.stage_command(bench_path.STAGES[2][1], 40, "/tmp/x")
     assert command[command.index("--stop_at_step") + 1] == "40" and "--max_steps" not in command
     assert command[command.index("--eval_examples") + 1] == "0"
-    grpo = bench_path.stage_command(*bench_path.STAGES[-1][:2], 40, "/tmp/x")
+    grpo = bench_path.stage_command(bench_path.STAGES[-1][1], 40, "/tmp/x")
+    warmup = bench_path.stage_command(bench_path.STAGES[0][1], 40, "/tmp/x")
+    assert warmup[warmup.index("--max_steps") + 1] == "40" and "--stop_at_step" not in warmup
     assert grpo[grpo.index("--max_steps") + 1] == "40"
 
 
