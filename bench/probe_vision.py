@@ -4,6 +4,7 @@
     python bench/probe_vision.py learn [--preset tiny] [--pixels 112] [--width 64] [--depth 4] [--steps 2000]
     python bench/probe_vision.py names runs/eval/NAME/predictions/detect-all.jsonl
     python bench/probe_vision.py presence MODEL [--scenes 60]
+    python bench/probe_vision.py decisions MODEL [--scenes 64] [--predictions detection.jsonl]
     (each: [--seed 0] [--threads N])
 
 - ``tokens``: a linear probe. Each model reads one-shape scenes of the synthetic benchmark's family
@@ -29,6 +30,14 @@
   another colour), each alone and both in one list (the order alternating): the share of each that
   gets a box. A model that reads colour boxes the first and not the second; one that learnt "some
   phrase of every request is present" boxes both alike.
+- ``decisions``: how the model decides presence in the benchmark's detection lists. Teacher-forced on
+  the right answer (every category of a scene, in the prompt's order), at the token after each
+  phrase's ``<|box_start|>``: the mean probability of ``None``, and how often ``None`` wins by argmax
+  (against the likeliest single coordinate, as greedy decoding picks) and by mass (at least half the
+  probability, ``presence_threshold`` 0.5), for present phrases and for absent look-alikes of two
+  sorts: a present shape's kind in another colour, or anything else. ``--predictions`` (a
+  ``detection.jsonl`` of ``rexomni eval``) adds what free-running answers box, split by whether a
+  phrase of the same kind was boxed earlier in the list.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ from rexomni.data_engines.synth import TRAIN_KINDS as KINDS
 from rexomni.sft.recognition import IGNORE, centre_cell, token_targets
 
 SCENES = dict(mode="single", size=224, sizes=["medium", "large"])
+BENCHMARK_SEED = 20261201  # eval/benchmarks/synth_heldout.yaml's scenes
 COLOURS = tuple(COLORS)
 
 
@@ -253,6 +263,81 @@ def probe_presence(model, n: int, seed: int) -> dict[str, float]:
     return shares
 
 
+def look_alike_sort(phrase: str, objects: list[dict]) -> str:
+    """present, absent: colour (a present shape's kind in another colour) or absent: other."""
+    if phrase in {o["phrase"] for o in objects}:
+        return "present"
+    kind = phrase.partition(" ")[2]
+    return "absent: colour" if any(o["attributes"]["kind"] == kind for o in objects) else "absent: other"
+
+
+def presence_decisions(model, scenes: list[dict]) -> dict[str, dict[str, float]]:
+    """Per sort of asked phrase: mean p(None) and the shares answered None by argmax and by mass,
+    teacher-forced on the right answer."""
+    from rexomni.grammar import format_answer
+    from rexomni.tokens import BOX_START
+
+    tokenizer = model.tokenizer
+    [none_id] = tokenizer.encode("None", add_special_tokens=False)
+    box_start = tokenizer.convert_tokens_to_ids(BOX_START)
+    coord_ids = torch.tensor(sorted(model._coord_bin))
+    rows: dict[str, list[tuple[float, bool]]] = {}
+    for scene in scenes:
+        asked = scene["categories"]
+        request = model.prepare(scene["image"], "detection", asked)[0]
+        answer = format_answer(scene["objects"], scene["width"], scene["height"], model.codec, phrases=asked,
+                               kind="box")
+        inputs = model.processor(text=[model.chat_text(request["prompt"]) + answer], images=[request["image"]],
+                                 return_tensors="pt")
+        with torch.inference_mode():
+            logits = model.model(**inputs).logits[0].float()
+        ids = inputs["input_ids"][0]
+        for phrase, at in zip(asked, torch.nonzero(ids == box_start).flatten().tolist()[-len(asked):]):
+            p = torch.softmax(logits[at], dim=-1)
+            rows.setdefault(look_alike_sort(phrase, scene["objects"]), []).append(
+                (float(p[none_id]), bool(p[none_id] > p[coord_ids].max())))
+    return {sort: {"mean p(None)": sum(p for p, _ in r) / len(r), "None by argmax": sum(a for _, a in r) / len(r),
+                   "None by mass": sum(p >= 0.5 for p, _ in r) / len(r), "phrases": len(r)}
+            for sort, r in sorted(rows.items())}
+
+
+def boxed_after_same_kind(predictions: str, scenes: list[dict]) -> dict[str, float]:
+    """Share boxed per sort of phrase, split by whether a phrase of its kind got a box earlier in the list."""
+    import json
+
+    with open(predictions, encoding="utf-8") as f:
+        answers = {row["key"]: row for row in map(json.loads, f)}
+    counts: dict[str, list[int]] = {}
+    for scene in scenes:
+        answer = answers.get(scene["key"])
+        if answer is None:
+            continue
+        boxed = set(answer["labels"])
+        for k, phrase in enumerate(scene["categories"]):
+            kind = phrase.partition(" ")[2]
+            earlier = any(q in boxed for q in scene["categories"][:k] if q.partition(" ")[2] == kind)
+            where = "after a same-kind box" if earlier else "first of its kind"
+            key = f"{look_alike_sort(phrase, scene['objects'])}, {where}"
+            counts.setdefault(key, [0, 0])
+            counts[key][0] += phrase in boxed
+            counts[key][1] += 1
+    return {key: boxed / n for key, (boxed, n) in sorted(counts.items())}
+
+
+def probe_decisions(model, n: int, predictions: str | None) -> None:
+    from rexomni.eval.runner import synth_samples
+
+    scenes = synth_samples(dict(SCENES, num_objects=[1, 4], distractors=True, n=n, seed=BENCHMARK_SEED))
+    print(f"teacher-forced, {n} benchmark detection scenes")
+    for sort, row in presence_decisions(model, scenes).items():
+        shares = ", ".join(f"{k} {v:.2f}" if k != "phrases" else f"{v} phrases" for k, v in row.items())
+        print(f"  {sort:15s} {shares}")
+    if predictions:
+        print(f"boxed in {predictions}")
+        for key, share in boxed_after_same_kind(predictions, scenes).items():
+            print(f"  {key:40s} {share:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="probe", required=True)
@@ -279,7 +364,11 @@ def main() -> None:
     presence = sub.add_parser("presence", help="a phrase and its absent look-alike: which get a box")
     presence.add_argument("model", help="a checkpoint folder or short name")
     presence.add_argument("--scenes", type=int, default=60)
-    for p in (tokens, tower, names, presence):
+    decisions = sub.add_parser("decisions", help="p(None) of present phrases and absent look-alikes in a list")
+    decisions.add_argument("model", help="a checkpoint folder or short name")
+    decisions.add_argument("--scenes", type=int, default=64)
+    decisions.add_argument("--predictions", default=None, help="detection.jsonl of rexomni eval on the benchmark")
+    for p in (tokens, tower, names, presence, decisions):
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -292,6 +381,10 @@ def main() -> None:
         from rexomni.api import RexOmni
 
         probe_presence(RexOmni.from_pretrained(args.model, device="cpu"), args.scenes, args.seed)
+    elif args.probe == "decisions":
+        from rexomni.api import RexOmni
+
+        probe_decisions(RexOmni.from_pretrained(args.model, device="cpu"), args.scenes, args.predictions)
     else:
         learn(args)
 

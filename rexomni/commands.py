@@ -61,6 +61,10 @@ def detect_main(argv: list[str] | None = None) -> int:
                         help="answer length limit in tokens (default: the checkpoint's, else 1024)")
     parser.add_argument("--max-boxes", type=int, default=None, help="stop after this many items per image")
     parser.add_argument("--threshold", type=float, default=0.0, help="drop items scoring below this")
+    parser.add_argument("--presence-threshold", type=float, default=None,
+                        help="answer an asked phrase None when None holds at least this share of the probability "
+                             "(docs/api.md; default: the checkpoint's, 0.5 for the shipped model; the released "
+                             "weights let the likeliest token decide)")
     parser.add_argument("--no-constrained", action="store_true", help="let the model write freely")
     args = parser.parse_args(argv)
 
@@ -89,6 +93,7 @@ def detect_main(argv: list[str] | None = None) -> int:
         return 2
     if args.draw:
         os.makedirs(args.draw, exist_ok=True)
+    decoding = {} if args.presence_threshold is None else {"presence_threshold": args.presence_threshold}
     out = sys.stdout if args.out == "-" else open(args.out, "w")
     done = skipped = 0
     try:
@@ -108,7 +113,7 @@ def detect_main(argv: list[str] | None = None) -> int:
                                         suppress_beta=args.suppress_beta,
                                         suppress_threshold=args.suppress_threshold, constrained=not args.no_constrained,
                                         max_boxes=args.max_boxes, max_new_tokens=args.max_new_tokens,
-                                        batch_size=args.batch_size)
+                                        batch_size=args.batch_size, **decoding)
                 for (path, img), result in zip(loaded, results):
                     result = result.filter(args.threshold)
                     out.write(json.dumps({"image": path, **result.to_dict()}, ensure_ascii=False) + "\n")

@@ -12,6 +12,12 @@ masks every token that could not continue a well-formed answer (see :mod:`rexomn
   never has x1 < x0 or y1 < y0;
 - an item identical to one already written for the same phrase cannot be completed;
 - at most ``max_boxes`` items in the answer;
+- with ``presence_threshold`` set, an asked phrase is answered ``None`` when the model gives ``None`` at
+  least that share of the probability it gives the tokens allowed there, else it gets an item. Why:
+  argmax weighs ``None``, one token, against the single likeliest coordinate, while a present shape's
+  probability is spread over many coordinate bins: a model that gives a present shape 0.66 and ``None``
+  0.34 would answer ``None`` (docs/recipe.md, "Presence is decided by mass"). Unset (the default), the
+  token argmax decides, as the released checkpoints were decoded;
 - the answer always closes within ``max_new_tokens``: a token is allowed only if the shortest
   well-formed ending still fits in the tokens left.
 
@@ -87,11 +93,14 @@ class GrammarConstrainedLogitsProcessor(LogitsProcessor):
 
     def __init__(self, tokenizer, phrases: Sequence[str] | Sequence[Sequence[str]] | None, *, item: str = "box",
                  max_boxes: int | None = None, max_new_tokens: int = 1024, max_phrase_tokens: int = 32,
-                 num_bins: int = NUM_BINS):
+                 num_bins: int = NUM_BINS, presence_threshold: float | None = None):
         if item not in ITEM_LENGTHS:
             raise ValueError(f"item must be one of {sorted(ITEM_LENGTHS)}, got {item!r}")
         if max_boxes is not None and max_boxes < 0:
             raise ValueError(f"max_boxes must be >= 0, got {max_boxes}")
+        if presence_threshold is not None and not 0.0 <= presence_threshold <= 1.0:
+            raise ValueError(f"presence_threshold must be between 0 and 1 (or None), got {presence_threshold}")
+        self.presence_threshold = presence_threshold
         self.tokenizer = tokenizer
         self.polygon = item == "polygon"
         self.box = item == "box"
@@ -295,6 +304,20 @@ class GrammarConstrainedLogitsProcessor(LogitsProcessor):
             keep[forbidden] = False
         return self.coord_tensor[keep]
 
+    def _deciding_presence(self, row: _Row) -> bool:
+        """Right after ``<|box_start|>`` of an asked phrase: ``None`` or the first coordinate comes next."""
+        return (row.state == "items" and not row.free and not row.pending and not row.saw_none
+                and not row.item and row.group_items == 0)
+
+    def _decide_presence(self, logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Of ``index`` (the allowed tokens), keep ``None`` alone or the rest alone, by the share of their
+        probability that ``None`` has against ``presence_threshold``."""
+        none = index == self.none_seq[0]
+        if none.all() or not none.any():
+            return index
+        p_none = torch.softmax(logits[index].float(), dim=0)[none].sum()
+        return index[none] if p_none >= self.presence_threshold else index[~none]
+
     # ------------------------------------------------------------------ the processor
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         batch = input_ids.shape[0]
@@ -311,6 +334,8 @@ class GrammarConstrainedLogitsProcessor(LogitsProcessor):
             allowed = self._allowed(i, remaining)
             index = allowed if isinstance(allowed, torch.Tensor) else torch.tensor(allowed, dtype=torch.long)
             index = index.to(scores.device)
+            if self.presence_threshold is not None and self._deciding_presence(self.rows[i]):
+                index = self._decide_presence(scores[i], index)
             kept = scores[i, index]
             scores[i].fill_(float("-inf"))
             scores[i, index] = kept

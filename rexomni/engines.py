@@ -72,8 +72,10 @@ class TransformersEngine:
         self.model, self.processor, self.tokenizer, self.num_bins = model, processor, processor.tokenizer, num_bins
 
     def logits_processors(self, task: str, phrases, *, constrained: bool, max_boxes: int | None,
-                          max_new_tokens: int, repetition_penalty: float) -> list:
-        """[repetition penalty], [grammar constraint]; the score recorder goes before them."""
+                          max_new_tokens: int, repetition_penalty: float,
+                          presence_threshold: float | None = None) -> list:
+        """[repetition penalty], [grammar constraint]; the score recorder goes before them.
+        ``presence_threshold``: see :class:`~rexomni.constrained.GrammarConstrainedLogitsProcessor`."""
         from transformers import RepetitionPenaltyLogitsProcessor
 
         processors = []
@@ -85,7 +87,8 @@ class TransformersEngine:
 
             processors.append(GrammarConstrainedLogitsProcessor(
                 self.tokenizer, None if spec.free_phrases else phrases, item=spec.item,
-                max_boxes=max_boxes, max_new_tokens=max_new_tokens, num_bins=self.num_bins))
+                max_boxes=max_boxes, max_new_tokens=max_new_tokens, num_bins=self.num_bins,
+                presence_threshold=presence_threshold))
         return processors
 
     def generate(self, task: str, requests: list[dict], texts: list[str], gen: dict, *, constrained: bool,
@@ -104,9 +107,11 @@ class TransformersEngine:
         gen = dict(gen)
         repetition_penalty = gen.pop("repetition_penalty", 1.0)
         synced_gpus = gen.pop("synced_gpus", False)  # a generate() argument, not a generation setting (ZeRO-3)
+        presence_threshold = gen.pop("presence_threshold", None)  # applies inside the grammar constraint
         processors = self.logits_processors(task, [r["phrases"] for r in requests], constrained=constrained,
                                             max_boxes=max_boxes, max_new_tokens=gen["max_new_tokens"],
-                                            repetition_penalty=repetition_penalty)
+                                            repetition_penalty=repetition_penalty,
+                                            presence_threshold=presence_threshold)
         recorder = TokenLogProbRecorder() if scores else None
         if recorder is not None:
             processors.insert(0, recorder)

@@ -95,6 +95,9 @@ class RexOmniSettings:
             raise ValueError(f"num_bins must be between 2 and {NUM_BINS} (the tokens <0>..<999>), got {self.num_bins}")
         if not 0 < self.min_pixels <= self.max_pixels:
             raise ValueError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
+        threshold = self.generation.get("presence_threshold")
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"generation.presence_threshold must be between 0 and 1 (or null), got {threshold}")
 
     def save(self, folder: str) -> str:
         path = os.path.join(folder, SETTINGS_FILE)

@@ -61,6 +61,10 @@ class VLLMEngine:
                        scores: bool, max_boxes: int | None) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """(prompt, sampling parameters as a dict) per image, ready for ``vllm.LLM.generate``."""
         gen = dict(gen)
+        if gen.pop("presence_threshold", None) is not None:
+            raise ValueError("presence_threshold (from the call or the checkpoint's rexomni_config.json 'generation') "
+                             "needs the transformers backend: vLLM's regex decoding lets the likeliest token "
+                             "decide None; pass presence_threshold=None to decode that way")
         sampling = {
             "max_tokens": gen.pop("max_new_tokens"),
             "repetition_penalty": gen.pop("repetition_penalty", 1.0),

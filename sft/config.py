@@ -68,10 +68,20 @@ class ModelArguments:
     lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS), metadata={
         "help": "Module names that get LoRA adapters, inside the language model only (the vision blocks share "
                 "the names)."})
+    generation: dict = field(default_factory=dict, metadata={
+        "help": "Decoding defaults saved with the trained model (its rexomni_config.json 'generation', over the "
+                "loaded checkpoint's), used by held-out scoring and by whoever loads the model: e.g. "
+                "{presence_threshold: 0.5} (rexomni/constrained.py)."})
     lora_train_new_tokens: bool = _help("Under LoRA, keep the embedding (and untied lm_head) rows of the coordinate "
                                         "and negative tokens trainable: a base model has never seen them.", True)
 
     def __post_init__(self):
+        if isinstance(self.generation, str):
+            import yaml
+
+            self.generation = yaml.safe_load(self.generation)  # a mapping given on the command line
+        if not isinstance(self.generation or {}, dict):
+            raise ValueError(f"config: generation must be a mapping of decoding settings, got {self.generation!r}")
         if self.model_name_or_path is None and self.preset is None:
             raise ValueError("config: give model_name_or_path (a checkpoint) or preset (a random model)")
         if self.model_name_or_path is not None and self.preset is not None:
@@ -285,10 +295,21 @@ def _config_path(argv: list[str]) -> str | None:
     return finder.parse_known_args(argv)[0].config
 
 
+def _yaml_mapping(text: str) -> dict:
+    """A mapping field's flag: YAML flow text, ``--naming_scenes '{mode: single, size: 224}'``."""
+    value = yaml.safe_load(text)
+    if not isinstance(value, dict):
+        raise ValueError(f"not a mapping: {text!r}")
+    return value
+
+
 def _from_text(convert, hint):
     """``convert`` (the type HfArgumentParser chose for a field) extended to YAML's ``null`` for an
-    optional field, and to the text itself for a field that also takes a string (bf16: auto)."""
+    optional field, to the text itself for a field that also takes a string (bf16: auto), and to YAML
+    flow text for a mapping."""
     nullable, textual = type(None) in get_args(hint), str in get_args(hint)
+    if convert is dict:
+        convert = _yaml_mapping
 
     def parse(text: str):
         if nullable and text.strip().lower() in ("null", "~"):

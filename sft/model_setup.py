@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -93,6 +93,8 @@ def load_model(args: ModelArguments, *, seed: int = 0, bf16: bool = False) -> Mo
                                      base_codec=args.coord_codec)
         model, processor, settings, token_ids = (checkpoint.model, checkpoint.processor, checkpoint.settings,
                                                  checkpoint.token_ids)
+    if args.generation:
+        settings = replace(settings, generation={**settings.generation, **args.generation})
     new_ids = list(token_ids.coords) + list(token_ids.negatives.values())
     return ModelBundle(model, processor, settings, list(token_ids.coords), new_ids)
 

@@ -99,3 +99,37 @@ def test_processor_masks_to_the_grammar_step_by_step(test_tokenizer):
     assert "<4>" not in again and "<5>" in again
     # every requested phrase written: the answer must end
     assert allowed_after("<|object_ref_start|>dog<|object_ref_end|><|box_start|>None<|box_end|>") == {"<|im_end|>"}
+
+
+
+@pytest.mark.parametrize("threshold, boxed", [(None, False), (0.5, True), (0.3, False)])
+def test_presence_threshold_weighs_none_against_all_coordinates(test_tokenizer, threshold, boxed):
+    """None at 0.34 against 0.66 spread over 33 coordinate bins: argmax answers None, the mass decision
+    at 0.5 boxes the phrase, and a threshold under None's share keeps None."""
+    tok = test_tokenizer
+    proc = GrammarConstrainedLogitsProcessor(tok, ["dog"], item="box", max_new_tokens=50, presence_threshold=threshold)
+    none_id = tok.encode("None", add_special_tokens=False)[0]
+    coords = tok.convert_tokens_to_ids([f"<{b}>" for b in range(100, 133)])
+    model_scores = torch.full((1, len(tok)), -30.0)
+    model_scores[0, none_id], model_scores[0, coords] = np.log(0.34), np.log(0.02)
+
+    seq = torch.zeros(1, 5, dtype=torch.long)
+    out = proc(seq, torch.zeros(1, len(tok)))
+    for t in tok.encode("<|object_ref_start|>dog<|object_ref_end|><|box_start|>", add_special_tokens=False):
+        seq = torch.cat([seq, torch.tensor([[t]])], dim=1)
+        out = proc(seq, model_scores.clone())  # the last call masks the token after <|box_start|>
+    choice = out[0].argmax().item()
+    assert (choice in coords) == boxed and (choice == none_id) == (not boxed)
+
+
+def test_presence_threshold_reaches_the_decoder_from_a_call(tiny_rexomni):
+    """0 answers every phrase written None, 1 boxes every one (None never holds all the probability)."""
+    for threshold in (0.0, 1.0):
+        for r in tiny_rexomni.detect(_images(3), ["dog", "cat"], max_new_tokens=60, presence_threshold=threshold):
+            groups = parse_output(r.raw_text, r.width, r.height).phrases
+            assert groups and all((len(items) == 0) == (threshold == 0.0) for items in groups.values()), r.raw_text
+
+
+def test_presence_threshold_must_be_a_share(test_tokenizer):
+    with pytest.raises(ValueError, match="presence_threshold must be between 0 and 1"):
+        GrammarConstrainedLogitsProcessor(test_tokenizer, ["dog"], presence_threshold=1.5)

@@ -68,6 +68,9 @@ def test_requests_carry_the_same_prompt_image_and_released_settings(vllm_detecto
     assert "logprobs" not in sampled
     with pytest.raises(ValueError, match="does not take"):
         _build(vllm_detector, requests, length_penalty=2.0)
+    with pytest.raises(ValueError, match="presence_threshold .* needs the transformers backend"):
+        _build(vllm_detector, requests, presence_threshold=0.5)
+    assert _build(vllm_detector, requests, presence_threshold=None)[0][1]["temperature"] == 0.0
 
 
 def test_answer_regex_accepts_the_grammar_and_nothing_else():

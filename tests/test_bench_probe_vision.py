@@ -104,3 +104,23 @@ def test_presence_counts_each_phrase_alone_and_in_a_list_in_both_orders(capsys):
     assert shares["own phrase, alone"] == shares["absent look-alike, alone"] == 1.0
     assert shares["own phrase, in a list"] == shares["absent look-alike, in a list"] == 0.5
     assert "boxed, over 6 scenes" in capsys.readouterr().out
+
+
+def test_decisions_split_phrases_by_sort_and_mass_none_is_a_subset_of_argmax_none(tiny_rexomni, tmp_path):
+    import json
+
+    from rexomni.eval.runner import synth_samples
+
+    scenes = synth_samples(dict(probe_vision.SCENES, num_objects=[2, 3], distractors=True, n=3, seed=9))
+    rows = probe_vision.presence_decisions(tiny_rexomni, scenes)
+    assert set(rows) <= {"present", "absent: colour", "absent: other"} and "present" in rows
+    assert sum(r["phrases"] for r in rows.values()) == sum(len(s["categories"]) for s in scenes)
+    for r in rows.values():  # None at half the probability or more beats every single coordinate
+        assert 0 <= r["None by mass"] <= r["None by argmax"] <= 1
+    # Every phrase boxed: a second phrase of a kind always comes after a same-kind box, and is boxed.
+    path = tmp_path / "detection.jsonl"
+    path.write_text("\n".join(json.dumps({"key": s["key"], "labels": s["categories"]}) for s in scenes))
+    shares = probe_vision.boxed_after_same_kind(str(path), scenes)
+    assert shares and all(v == 1.0 for v in shares.values())
+    assert any("after a same-kind box" in k for k in shares) == any(
+        len({p.partition(" ")[2] for p in s["categories"]}) < len(s["categories"]) for s in scenes)

@@ -64,6 +64,11 @@ def test_detect_reads_a_directory_and_needs_categories(tiny_checkpoint, tmp_path
     assert main(["detect", str(tmp_path), "--categories", "cup", "--model", tiny_checkpoint, "--out", str(out),
                  "--max-new-tokens", "16"]) == 0
     assert len(out.read_text().splitlines()) == 2
+    # --presence-threshold 0: every asked phrase written is answered None
+    assert main(["detect", str(tmp_path), "--categories", "cup", "--model", tiny_checkpoint, "--out", str(out),
+                 "--max-new-tokens", "16", "--presence-threshold", "0"]) == 0
+    assert all(json.loads(line)["labels"] == [] and "None" in json.loads(line)["raw_text"]
+               for line in out.read_text().splitlines())
     with pytest.raises(SystemExit):
         main(["detect", str(tmp_path), "--categories", " , ", "--model", tiny_checkpoint])
 

@@ -150,6 +150,8 @@ def test_saved_weights_load_identically(tiny_checkpoint, tiny_rexomni):
 def test_settings_reject_bad_values(tmp_path):
     with pytest.raises(ValueError, match="coord_codec"):
         RexOmniSettings(coord_codec="corner")
+    with pytest.raises(ValueError, match="presence_threshold must be between 0 and 1"):
+        RexOmniSettings(generation={"presence_threshold": 2})
     path = tmp_path / SETTINGS_FILE
     path.write_text(json.dumps({"coord_codec": "center", "bins": 10}))
     with pytest.raises(ValueError, match="unknown keys"):

@@ -94,7 +94,8 @@ def test_lora_run_saves_adapter_and_merges_with_extra_loss(tmp_path, test_tokeni
 
     config = load_config(TINY_YAML, tiny_overrides(
         tmp_path, max_steps=5, lora_r=4, lora_alpha=8, lora_dropout=0.0, freeze_vision=True, freeze_merger=True,
-        learning_rate=1e-2, save_steps=5, extra_loss="sft_helpers:logit_l2_loss"))
+        learning_rate=1e-2, save_steps=5, extra_loss="sft_helpers:logit_l2_loss",
+        generation="{presence_threshold: 0.5}"))  # as a command line gives it
     with one_thread():
         run_sft(config)
     with open(tmp_path / "checkpoint-5" / "trainer_state.json") as f:
@@ -102,7 +103,7 @@ def test_lora_run_saves_adapter_and_merges_with_extra_loss(tmp_path, test_tokeni
     assert logged and all(h["extra/logit_l2"] > 0 for h in logged), "the extra loss ran and was logged"
     assert_lora_merged(tmp_path, test_tokenizer, seed=config.seed)
     detector = RexOmni.from_pretrained(str(tmp_path))
-    assert detector.settings.coord_codec == "center"
+    assert detector.settings.coord_codec == "center" and detector.settings.generation == {"presence_threshold": 0.5}
     assert np.isfinite(detector.detect(np.zeros((112, 112, 3), np.uint8), ["red circle"]).scores).all()
 
 
