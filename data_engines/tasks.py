@@ -31,8 +31,13 @@ TASKS = ("grounding", "referring", "pointing", "visual_prompting", "keypoints", 
 # kind" (objects with synthetic attributes; others keep their phrase); unset, every object keeps its phrase.
 _ABSENT_ONLY = ("the share of examples that ask verified-absent phrases only, every one answered None: without "
                 "them one phrase of every request is present, and a model learns that instead of looking")
+ANSWER_ORDERS = ("asked", "position")
+_ANSWER_ORDER = ("the order of the answer's groups: asked (the prompt's), or position (the present phrases by "
+                 "their first object, left to right as detect_all writes them, then the absent ones): the model "
+                 "then reads the next shape and names it, instead of searching the image for each phrase")
+_LISTS = {"absent_only": _ABSENT_ONLY, "answer_order": _ANSWER_ORDER}
 TASK_OPTIONS = {"detect_all": {"granularity": f"how shapes are named: one of {list(GRANULARITIES)}"},
-                "grounding": {"absent_only": _ABSENT_ONLY}, "pointing": {"absent_only": _ABSENT_ONLY}}
+                "grounding": _LISTS, "pointing": _LISTS}
 
 MAX_PHRASES = 4   # positive phrases asked at most in one grounding / pointing example
 MAX_ABSENT = 4    # verified-absent phrases asked at most (answered None)
@@ -69,6 +74,9 @@ def check_options(task: str, options: dict) -> dict:
     absent_only = options.get("absent_only", 0.0)
     if not (isinstance(absent_only, (int, float)) and 0 <= absent_only <= 1):
         raise ValueError(f"task {task!r}: absent_only must be a share between 0 and 1, got {absent_only!r}")
+    if options.get("answer_order", "asked") not in ANSWER_ORDERS:
+        raise ValueError(f"task {task!r}: answer_order must be one of {list(ANSWER_ORDERS)}, "
+                         f"got {options['answer_order']!r}")
     return dict(options)
 
 
@@ -127,15 +135,33 @@ class _Context:
         rng.shuffle(asked)
         return asked
 
+    def answer_order(self, asked: list[str], targets: list[dict]) -> list[str]:
+        """The answer's groups: ``asked`` as they are, or (option ``answer_order: position``) the present
+        ones by position, then the absent ones as asked."""
+        if self.options.get("answer_order", "asked") == "asked":
+            return asked
+        present = by_position(targets)
+        return present + [p for p in asked if p not in present]
+
 
 # --------------------------------------------------------------------------- builders
+
+
+def by_position(targets: list[dict]) -> list[str]:
+    """The targets' phrases in the order of their first object: smallest x0 (a point's x), then y0."""
+    first: dict[str, tuple] = {}
+    for t in targets:
+        corner = tuple((t["bbox"] if "bbox" in t else t["point"])[:2])
+        first[t["phrase"]] = min(first.get(t["phrase"], corner), corner)
+    return sorted(first, key=lambda p: (first[p], p))
 
 
 def _grounding(ctx: _Context) -> dict:
     groups = ctx.by_phrase(ctx.objects, "bbox")
     phrases = ctx.draw_phrases(sorted(groups))
     targets = [{"phrase": p, "bbox": o["bbox"]} for p in phrases for o in groups.get(p, [])]
-    answer = format_answer(targets, ctx.width, ctx.height, ctx.codec, phrases=phrases, kind="box")
+    answer = format_answer(targets, ctx.width, ctx.height, ctx.codec, phrases=ctx.answer_order(phrases, targets),
+                           kind="box")
     return ctx.example("grounding", ctx.prompt("grounding", phrases), answer, phrases, targets)
 
 
@@ -169,7 +195,8 @@ def _pointing(ctx: _Context) -> dict:
     groups = ctx.by_phrase(ctx.objects, "point")
     phrases = ctx.draw_phrases(sorted(groups))
     targets = [{"phrase": p, "point": point_of(o, ctx.width, ctx.height)} for p in phrases for o in groups.get(p, [])]
-    answer = format_answer(targets, ctx.width, ctx.height, ctx.codec, phrases=phrases, kind="point")
+    answer = format_answer(targets, ctx.width, ctx.height, ctx.codec, phrases=ctx.answer_order(phrases, targets),
+                           kind="point")
     return ctx.example("pointing", ctx.prompt("pointing", phrases), answer, phrases, targets)
 
 
@@ -262,8 +289,7 @@ def _detect_all(ctx: _Context) -> dict:
     granularity = ctx.options.get("granularity")
     targets = [{"phrase": shape_phrase(o["attributes"], granularity) if granularity and o.get("attributes")
                 else o["phrase"], "bbox": o["bbox"]} for o in ctx.objects]
-    by_box = sorted(targets, key=lambda t: (t["bbox"][0], t["bbox"][1], t["phrase"]))
-    phrases = list(dict.fromkeys(t["phrase"] for t in by_box))
+    phrases = by_position(targets)
     answer = format_answer(targets, ctx.width, ctx.height, ctx.codec, phrases=phrases, kind="box")
     return ctx.example("detect_all", ctx.prompt("detect_all", ()), answer, phrases, targets)
 

@@ -71,6 +71,29 @@ def test_absent_only_asks_requests_whose_every_phrase_is_answered_none(task):
         build_example(generate_scene(0, 224)[1], task, 0, options={"absent_only": 2})
 
 
+@pytest.mark.parametrize("task", ["grounding", "pointing"])
+def test_answer_order_position_writes_present_groups_left_to_right_then_the_absent_ones(task):
+    """The same request and targets either way; only the order of the groups changes."""
+    reordered = 0
+    for seed in range(20):
+        _, sample = generate_scene(seed, 224, "single", num_objects=(2, 4), distractors=True)
+        asked = build_example(sample, task, seed)
+        ex = build_example(sample, task, seed, options={"answer_order": "position"})
+        assert (ex["prompt"], ex["phrases"], ex["targets"]) == (asked["prompt"], asked["phrases"], asked["targets"])
+        groups = parse_output(ex["answer"], 224, 224).phrases
+        coords = {p: [item.coords for item in items] for p, items in groups.items()}
+        assert coords == {p: [item.coords for item in items]  # dicts: equal whatever the order
+                          for p, items in parse_output(asked["answer"], 224, 224).phrases.items()}
+        present = [p for p in groups if groups[p]]
+        assert list(groups) == present + [p for p in ex["phrases"] if not groups[p]]
+        firsts = [min(item.coords[:2] for item in groups[p]) for p in present]
+        assert firsts == sorted(firsts)
+        reordered += list(groups) != asked["phrases"]
+    assert reordered >= 5
+    with pytest.raises(ValueError, match="answer_order"):
+        build_example(generate_scene(0, 224)[1], task, 0, options={"answer_order": "random"})
+
+
 def test_negatives_are_conditioned_on_and_never_answered():
     built = 0
     for seed in range(30):
