@@ -5,10 +5,10 @@
 Each training stage of the path runs for ``--steps`` steps, as the script runs it (same config, same
 flags), into a scratch folder, one stage at a time; its steps/s times the stage's steps in the path
 gives the stage's minutes. The warm-up starts from random weights and stage 1 from that warm-up's
-output; stages 2-4 and GRPO start from ``--model`` (default: the shipped model, which has their shape
-and, for GRPO, answers as long as the path's stage 4 does). Not counted: the held-out evaluations
-inside the stages and process start-ups (about 3 minutes in all). Run it on an otherwise idle machine:
-a second job on the cores slows every stage (docs/recipe.md lists both kinds of numbers).
+output; stages 2-4 start from ``--model`` (default: the shipped model, which has their shape). Not
+counted: the held-out evaluations inside the stages and process start-ups (about 3 minutes in all).
+Run it on an otherwise idle machine: a second job on the cores slows every stage (docs/recipe.md lists
+both kinds of numbers).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ STAGES = [
     ("stage 2", ["sft", "--config", "sft/configs/synth-stage2.yaml", "--model_name_or_path", "{model}"], 9000),
     ("stage 3", ["sft", "--config", "sft/configs/synth-stage3.yaml", "--model_name_or_path", "{model}"], 6000),
     ("stage 4", ["sft", "--config", "sft/configs/synth-stage4.yaml", "--model_name_or_path", "{model}"], 7000),
-    ("GRPO", ["grpo", "--config", "grpo/configs/synth-detect.yaml", "--model_name_or_path", "{model}"], 1500),
 ]
 
 
@@ -40,8 +39,6 @@ def stage_command(args: list[str], steps: int, output_dir: str) -> list[str]:
     """``args`` cut to ``steps`` steps in ``output_dir``: no checkpoints, no held-out scoring."""
     if args[0] == "warmup":  # the warm-up's schedule has no stop_at_step; its held-out scoring waits for step 500
         cut = ["--max_steps", str(steps)]
-    elif args[0] == "grpo":  # a constant rate: fewer max_steps change nothing per step
-        cut = ["--max_steps", str(steps), "--eval_examples", "0"]
     else:  # keep the stage's own cosine, so each step costs what it costs in the path
         cut = ["--stop_at_step", str(steps), "--eval_examples", "0"]
     return [sys.executable, "-m", "rexomni.cli", *args, "--output_dir", output_dir, "--save_steps", "1000000", *cut]
@@ -64,7 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=400, help="steps each stage runs here")
     parser.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of each stage")
-    parser.add_argument("--model", default="rexomni-synth", help="start of stages 2-4 and GRPO (4 language layers)")
+    parser.add_argument("--model", default="rexomni-synth", help="start of stages 2-4 (4 language layers)")
     args = parser.parse_args()
 
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
