@@ -76,10 +76,6 @@ class ModelArguments:
                                         "and negative tokens trainable: a base model has never seen them.", True)
 
     def __post_init__(self):
-        if isinstance(self.generation, str):
-            import yaml
-
-            self.generation = yaml.safe_load(self.generation)  # a mapping given on the command line
         if not isinstance(self.generation or {}, dict):
             raise ValueError(f"config: generation must be a mapping of decoding settings, got {self.generation!r}")
         if self.model_name_or_path is None and self.preset is None:
@@ -299,7 +295,7 @@ def _yaml_mapping(text: str) -> dict:
     """A mapping field's flag: YAML flow text, ``--naming_scenes '{mode: single, size: 224}'``."""
     value = yaml.safe_load(text)
     if not isinstance(value, dict):
-        raise ValueError(f"not a mapping: {text!r}")
+        raise argparse.ArgumentTypeError(f"not a mapping (YAML flow text such as '{{key: value}}'): {text!r}")
     return value
 
 
