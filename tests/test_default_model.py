@@ -37,6 +37,18 @@ def test_the_shipped_model_localises_shapes_it_has_never_seen(default_model):
     assert metrics["f1@0.5"] >= 0.8 and metrics["mean_iou"] >= 0.6, metrics
 
 
+def test_the_shipped_model_answers_a_crowded_scenes_category_list(default_model):
+    """Unseen scenes of one to four shapes with look-alikes, every category asked (present shapes and
+    absent look-alikes, as the benchmark's detection asks): boxes for the first, None for the second."""
+    from rexomni.eval.runner import DatasetSpec, evaluate_samples, synth_samples
+
+    samples = synth_samples({"mode": "single", "size": 224, "sizes": ["medium", "large"], "num_objects": [1, 4],
+                             "distractors": True, "n": 16, "seed": 515151})
+    spec = DatasetSpec(name="lists", task="detection", ask="categories", metrics=["f1"])
+    metrics, _ = evaluate_samples(default_model, samples, spec, batch_size=8, progress=False)
+    assert metrics["f1@0.5"] >= 0.75 and metrics["absent/fp_rate"] <= 0.15, metrics
+
+
 def test_cli_and_pipeline_default_to_the_shipped_model(tmp_path):
     import transformers
 
