@@ -275,12 +275,12 @@ def presence_decisions(model, scenes: list[dict]) -> dict[str, dict[str, float]]
     """Per sort of asked phrase: mean p(None) and the shares answered None by argmax and by mass,
     teacher-forced on the right answer."""
     from rexomni.grammar import format_answer
-    from rexomni.tokens import BOX_START
+    from rexomni.tokens import BOX_START, coord_id_to_bin
 
     tokenizer = model.tokenizer
     [none_id] = tokenizer.encode("None", add_special_tokens=False)
     box_start = tokenizer.convert_tokens_to_ids(BOX_START)
-    coord_ids = torch.tensor(sorted(model._coord_bin))
+    coord_ids = torch.tensor(sorted(coord_id_to_bin(tokenizer, model.settings.num_bins)))
     rows: dict[str, list[tuple[float, bool]]] = {}
     for scene in scenes:
         asked = scene["categories"]

@@ -101,7 +101,6 @@ def test_processor_masks_to_the_grammar_step_by_step(test_tokenizer):
     assert allowed_after("<|object_ref_start|>dog<|object_ref_end|><|box_start|>None<|box_end|>") == {"<|im_end|>"}
 
 
-
 @pytest.mark.parametrize("threshold, boxed", [(None, False), (0.5, True), (0.3, False)])
 def test_presence_threshold_weighs_none_against_all_coordinates(test_tokenizer, threshold, boxed):
     """None at 0.34 against 0.66 spread over 33 coordinate bins: argmax answers None, the mass decision
