@@ -5,6 +5,7 @@
     python bench/probe_vision.py names runs/eval/NAME/predictions/detect-all.jsonl
     python bench/probe_vision.py presence MODEL [--scenes 60]
     python bench/probe_vision.py decisions MODEL [--scenes 64] [--predictions detection.jsonl]
+    python bench/probe_vision.py misses runs/eval/NAME/predictions/referring.jsonl
     (each: [--seed 0] [--threads N])
 
 - ``tokens``: a linear probe. Each model reads one-shape scenes of the synthetic benchmark's family
@@ -38,13 +39,19 @@
   sorts: a present shape's kind in another colour, or anything else. ``--predictions`` (a
   ``detection.jsonl`` of ``rexomni eval``) adds what free-running answers box, split by whether a
   phrase of the same kind was boxed earlier in the list.
+- ``misses``: where referring answers go. Reads the held-out benchmark's referring predictions and
+  sorts each phrase's top box: on its own shape (IoU >= 0.5), on another shape of the same kind, of
+  the same colour, or of neither, near its own shape (IoU 0.3-0.5), nowhere, or no box; then the
+  accuracy by the number of shapes in the scene.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
+from collections import Counter
 
 import torch
 import torch.nn.functional as F
@@ -201,9 +208,6 @@ def learn(args) -> None:
 def probe_names(predictions: str, benchmark: str, dataset: str) -> None:
     """For each detect_all box on a shape (IoU >= 0.5), is the colour of its name right, the kind? And the share
     of present phrases (a shape's colour and kind) the answers leave without a box."""
-    import json
-    from collections import Counter
-
     from rexomni.eval.boxes import box_iou
     from rexomni.eval.runner import BenchmarkSpec, synth_samples
 
@@ -237,6 +241,50 @@ def probe_names(predictions: str, benchmark: str, dataset: str) -> None:
         print(f"  {name:13s} {counts[name] / on_shape:.2f}")
     print(f"  present phrases answered None {counts['present answered None'] / max(counts['present phrases'], 1):.2f}")
     print("  most written kinds for another:", ", ".join(f"{k} ({n})" for k, n in confusions.most_common(6)))
+
+
+def referring_misses(predictions: str, benchmark: str, dataset: str = "referring") -> tuple[Counter, dict]:
+    """Each asked shape's top box, sorted by where it landed; and accuracy by the scene's shape count."""
+    from rexomni.eval.boxes import box_iou
+    from rexomni.eval.runner import BenchmarkSpec, synth_samples
+
+    spec = next(d for d in BenchmarkSpec.from_yaml(benchmark).datasets if d.name == dataset)
+    with open(predictions, encoding="utf-8") as f:
+        answers = {row["key"]: row for row in map(json.loads, f)}
+    where, right, asked = Counter(), Counter(), Counter()
+    for scene in synth_samples(spec.synth):
+        shapes = scene["objects"]
+        for i, shape in enumerate(shapes):
+            own = shape["attributes"]
+            answer = answers.get(f"{scene['key']}#{own['color']} {own['kind']}")
+            if answer is None:
+                continue
+            asked[len(shapes)] += 1
+            if not answer["boxes"]:
+                where["no box"] += 1
+                continue
+            scores = answer.get("scores") or [0.0] * len(answer["boxes"])
+            top = answer["boxes"][max(range(len(scores)), key=scores.__getitem__)]
+            ious = box_iou([top], [s["bbox"] for s in shapes])[0]
+            hit = shapes[int(ious.argmax())]["attributes"]
+            if ious[i] >= 0.5:
+                where["own shape"] += 1
+                right[len(shapes)] += 1
+            elif ious.max() >= 0.5:
+                same = "kind" if hit["kind"] == own["kind"] else "colour" if hit["color"] == own["color"] else None
+                where[f"another shape, same {same}" if same else "another shape, neither"] += 1
+            else:
+                where["near its own shape (IoU 0.3-0.5)" if ious[i] >= 0.3 else "nowhere"] += 1
+    return where, {n: right[n] / asked[n] for n in sorted(asked)}
+
+
+def probe_misses(predictions: str, benchmark: str) -> None:
+    where, by_count = referring_misses(predictions, benchmark)
+    total = max(sum(where.values()), 1)
+    print(f"{predictions}: the top box of {total} referring phrases")
+    for key, n in where.most_common():
+        print(f"  {key:36s} {n / total:.3f}")
+    print("  accuracy by shapes in the scene: " + ", ".join(f"{n}: {acc:.2f}" for n, acc in by_count.items()))
 
 
 def probe_presence(model, n: int, seed: int) -> dict[str, float]:
@@ -303,8 +351,6 @@ def presence_decisions(model, scenes: list[dict]) -> dict[str, dict[str, float]]
 
 def boxed_after_same_kind(predictions: str, scenes: list[dict]) -> dict[str, float]:
     """Share boxed per sort of phrase, split by whether a phrase of its kind got a box earlier in the list."""
-    import json
-
     with open(predictions, encoding="utf-8") as f:
         answers = {row["key"]: row for row in map(json.loads, f)}
     counts: dict[str, list[int]] = {}
@@ -368,7 +414,10 @@ def main() -> None:
     decisions.add_argument("model", help="a checkpoint folder or short name")
     decisions.add_argument("--scenes", type=int, default=64)
     decisions.add_argument("--predictions", default=None, help="detection.jsonl of rexomni eval on the benchmark")
-    for p in (tokens, tower, names, presence, decisions):
+    misses = sub.add_parser("misses", help="where the held-out benchmark's referring answers go")
+    misses.add_argument("predictions", help="referring.jsonl from rexomni eval's predictions folder")
+    misses.add_argument("--benchmark", default="eval/benchmarks/synth_heldout.yaml")
+    for p in (tokens, tower, names, presence, decisions, misses):
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -377,6 +426,8 @@ def main() -> None:
         probe_tokens(args.models, args.scenes, args.seed)
     elif args.probe == "names":
         probe_names(args.predictions, args.benchmark, args.dataset)
+    elif args.probe == "misses":
+        probe_misses(args.predictions, args.benchmark)
     elif args.probe == "presence":
         from rexomni.api import RexOmni
 

@@ -36,8 +36,11 @@ _ANSWER_ORDER = ("the order of the answer's groups: asked (the prompt's), or pos
                  "their first object, left to right as detect_all writes them, then the absent ones): the model "
                  "then reads the next shape and names it, instead of searching the image for each phrase")
 _LISTS = {"absent_only": _ABSENT_ONLY, "answer_order": _ANSWER_ORDER}
+_LOOK_ALIKE = ("the share of examples that ask a phrase with a look-alike in the image (another object whose phrase "
+               "differs in one word: 'blue circle' beside 'pink circle'), when the image has one: asked a phrase "
+               "drawn at random, a model can pass most examples by kind alone and never learns to bind the colour")
 TASK_OPTIONS = {"detect_all": {"granularity": f"how shapes are named: one of {list(GRANULARITIES)}"},
-                "grounding": _LISTS, "pointing": _LISTS}
+                "grounding": _LISTS, "pointing": _LISTS, "referring": {"look_alike": _LOOK_ALIKE}}
 
 MAX_PHRASES = 4   # positive phrases asked at most in one grounding / pointing example
 MAX_ABSENT = 4    # verified-absent phrases asked at most (answered None)
@@ -71,9 +74,10 @@ def check_options(task: str, options: dict) -> dict:
     granularity = options.get("granularity")
     if granularity is not None and granularity not in GRANULARITIES:
         raise ValueError(f"task {task!r}: granularity must be one of {list(GRANULARITIES)}, got {granularity!r}")
-    absent_only = options.get("absent_only", 0.0)
-    if not (isinstance(absent_only, (int, float)) and 0 <= absent_only <= 1):
-        raise ValueError(f"task {task!r}: absent_only must be a share between 0 and 1, got {absent_only!r}")
+    for share in ("absent_only", "look_alike"):
+        value = options.get(share, 0.0)
+        if not (isinstance(value, (int, float)) and 0 <= value <= 1):
+            raise ValueError(f"task {task!r}: {share} must be a share between 0 and 1, got {value!r}")
     if options.get("answer_order", "asked") not in ANSWER_ORDERS:
         raise ValueError(f"task {task!r}: answer_order must be one of {list(ANSWER_ORDERS)}, "
                          f"got {options['answer_order']!r}")
@@ -156,6 +160,13 @@ def by_position(targets: list[dict]) -> list[str]:
     return sorted(first, key=lambda p: (first[p], p))
 
 
+def look_alikes(phrases: list[str]) -> list[str]:
+    """The ``phrases`` that have a look-alike among them: one of as many words that differs in one word."""
+    words = [p.split() for p in phrases]
+    return [p for p, a in zip(phrases, words)
+            if any(len(a) == len(b) and sum(x != y for x, y in zip(a, b)) == 1 for b in words)]
+
+
 def _grounding(ctx: _Context) -> dict:
     groups = ctx.by_phrase(ctx.objects, "bbox")
     phrases = ctx.draw_phrases(sorted(groups))
@@ -172,7 +183,11 @@ def _referring(ctx: _Context) -> dict:
                            "bbox")
     if not groups:
         raise TaskNotApplicable("the sample has no referring expression with a box")
-    phrase = ctx.rng.choice(sorted(groups))
+    pool = sorted(groups)
+    confusable = look_alikes(pool)
+    if confusable and ctx.rng.random() < ctx.options.get("look_alike", 0.0):
+        pool = confusable
+    phrase = ctx.rng.choice(pool)
     targets = [{"phrase": phrase, "bbox": o["bbox"]} for o in groups[phrase]]
     answer = format_answer(targets, ctx.width, ctx.height, ctx.codec, phrases=[phrase], kind="box")
     return ctx.example("referring", ctx.prompt("referring", [phrase]), answer, [phrase], targets)

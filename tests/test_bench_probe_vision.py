@@ -65,6 +65,32 @@ def test_names_checks_the_colour_and_the_kind_written_on_each_shape(tmp_path, mo
     assert "present phrases answered None 0.25" in out, "scene 2's phrase names another kind: its shape went unnamed"
 
 
+def test_misses_sort_each_referring_top_box_by_the_shape_it_lands_on(tmp_path, monkeypatch, capsys):
+    import json
+
+    from rexomni.eval.runner import synth_samples
+
+    scenes = dict(mode="single", size=224, sizes=["large"], num_objects=[2, 2], distractors=False, n=2, seed=7)
+    (tmp_path / "spec.yaml").write_text(json.dumps({"datasets": [{"name": "referring", "task": "referring",
+                                                                   "synth": scenes}]}))
+    rows = []
+    for scene in synth_samples(scenes):
+        first, second = scene["objects"]
+        for shape, box in ((first, second["bbox"]), (second, second["bbox"])):  # the first asked misses
+            phrase = f"{shape['attributes']['color']} {shape['attributes']['kind']}"
+            # A low-scored decoy first: the top box is the one with the highest score.
+            rows.append(json.dumps({"key": f"{scene['key']}#{phrase}", "boxes": [[0, 0, 1, 1], box],
+                                    "scores": [0.1, 0.9]}))
+    (tmp_path / "referring.jsonl").write_text("\n".join(rows))
+    where, by_count = probe_vision.referring_misses(str(tmp_path / "referring.jsonl"), str(tmp_path / "spec.yaml"))
+    assert where["own shape"] == 2 and sum(where.values()) == 4
+    assert by_count == {2: 0.5}
+    monkeypatch.setattr(sys, "argv", ["probe_vision.py", "misses", str(tmp_path / "referring.jsonl"),
+                                      "--benchmark", str(tmp_path / "spec.yaml")])
+    probe_vision.main()
+    assert "own shape                            0.500" in capsys.readouterr().out
+
+
 def test_token_labels_name_the_cell_of_each_centre_and_the_larger_shape_wins():
     from PIL import Image
 

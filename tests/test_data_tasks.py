@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from rexomni.data_engines.masks import rle_encode
 from rexomni.data_engines.synth import generate_scene
-from rexomni.data_engines.tasks import BUILDERS, TASKS, TaskNotApplicable, build_example, point_of
+from rexomni.data_engines.tasks import BUILDERS, TASKS, TaskNotApplicable, build_example, look_alikes, point_of
 
 from rexomni.codec import get_codec
 from rexomni.grammar import parse_output
@@ -92,6 +92,32 @@ def test_answer_order_position_writes_present_groups_left_to_right_then_the_abse
     assert reordered >= 5
     with pytest.raises(ValueError, match="answer_order"):
         build_example(generate_scene(0, 224)[1], task, 0, options={"answer_order": "random"})
+
+
+def test_look_alikes_are_phrases_that_differ_from_another_in_one_word():
+    assert look_alikes(["blue circle", "pink circle", "red square", "big red star"]) == ["blue circle", "pink circle"]
+    assert look_alikes(["red square", "red star"]) == ["red square", "red star"]
+    assert look_alikes(["circle", "red circle"]) == []
+
+
+def test_referring_look_alike_asks_phrases_with_a_look_alike_in_the_image():
+    """Drawn at random, about half the referring phrases of these scenes have a look-alike; with ``look_alike:
+    1`` every one does where the scene has any."""
+    def with_look_alike(options):
+        count, scenes = 0, 0
+        for seed in range(80):
+            _, sample = generate_scene(seed, 224, "single", num_objects=(2, 4), distractors=True)
+            confusable = look_alikes(sorted({o["phrase"] for o in sample["objects"]}))
+            if confusable:
+                scenes += 1
+                count += build_example(sample, "referring", seed, options=options)["phrases"][0] in confusable
+        return count, scenes
+
+    drawn, scenes = with_look_alike({})
+    assert scenes >= 30 and drawn < scenes * 0.85
+    assert with_look_alike({"look_alike": 1.0}) == (scenes, scenes)
+    with pytest.raises(ValueError, match="look_alike"):
+        build_example(generate_scene(0, 224)[1], "referring", 0, options={"look_alike": -0.1})
 
 
 def test_negatives_are_conditioned_on_and_never_answered():
