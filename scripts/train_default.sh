@@ -6,9 +6,10 @@
 #   bash scripts/train_default.sh [OUT]        # OUT: runs/rexomni-synth; OUT/stage4 is the model
 #
 # About 1 h 51 min on a 2-core machine of its own, two threads (python bench/bench_path.py times each
-# stage here); the stages took 3 h 13 min on one shared with other runs (docs/recipe.md, runs 16, 18, 36
-# and 46). OMP_NUM_THREADS=1 leaves the other core free, at some cost in time. From stage 2 on the stage
-# configs keep the naming loss on (colour and kind stay in the image tokens) and group batches by length.
+# stage here); the stages took 2 h 54 min on one shared with other runs (docs/recipe.md, runs 16, 18, 36,
+# 46 and 47). OMP_NUM_THREADS=1 leaves the other core free, at some cost in time. From stage 2 on the stage
+# configs keep the naming loss on (colour and kind stay in the image tokens), group batches by length and
+# answer category lists in reading order.
 # GRPO (grpo/configs/synth-detect.yaml) is not a stage: after this stage 4 it loosened the boxes and
 # found no more (run 46).
 set -euo pipefail
@@ -41,7 +42,7 @@ echo "== 5/6 stage 3: the same scenes asked as a detector is used, plus detect_a
 done_ "$out/stage3" || rexomni sft --config $configs/synth-stage3.yaml --model_name_or_path "$out/stage2" \
     --output_dir "$out/stage3" --max_steps 6000
 
-echo "== 6/6 stage 4: stage 3's data with more grounding, lists answered in reading order, a fresh cosine (7,000 steps)"
+echo "== 6/6 stage 4: stage 3's data with more grounding, a fresh cosine (7,000 steps)"
 done_ "$out/stage4" || rexomni sft --config $configs/synth-stage4.yaml --model_name_or_path "$out/stage3" \
     --output_dir "$out/stage4"
 
