@@ -6,6 +6,7 @@
     python bench/probe_vision.py presence MODEL [--scenes 60]
     python bench/probe_vision.py decisions MODEL [--scenes 64] [--predictions detection.jsonl]
     python bench/probe_vision.py misses runs/eval/NAME/predictions/referring.jsonl
+    python bench/probe_vision.py lists MODEL [--scenes 48] [--absent 0 4 8]
     (each: [--seed 0] [--threads N])
 
 - ``tokens``: a linear probe. Each model reads one-shape scenes of the synthetic benchmark's family
@@ -43,6 +44,10 @@
   sorts each phrase's top box: on its own shape (IoU >= 0.5), on another shape of the same kind, of
   the same colour, or of neither, near its own shape (IoU 0.3-0.5), nowhere, or no box; then the
   accuracy by the number of shapes in the scene.
+- ``lists``: category lists as a detector is used with one fixed vocabulary. Each crowded scene of the
+  benchmark's family is asked its own phrases plus ``--absent`` phrases of the 8 x 11 vocabulary that are
+  neither in it nor its look-alikes (training asks look-alikes only): the share of those unrelated
+  phrases that get a box, and the share of shapes found (a box with their phrase at IoU >= 0.5).
 """
 
 from __future__ import annotations
@@ -287,6 +292,35 @@ def probe_misses(predictions: str, benchmark: str) -> None:
     print("  accuracy by shapes in the scene: " + ", ".join(f"{n}: {acc:.2f}" for n, acc in by_count.items()))
 
 
+def probe_lists(model, n: int, absent: int, seed: int) -> dict[str, float]:
+    """Unrelated absent phrases boxed and shapes found, each scene asked its phrases plus ``absent`` others
+    (``model``: anything with RexOmni's ``detect``)."""
+    import random
+
+    from rexomni.eval.boxes import box_iou
+
+    rng, counts = random.Random(seed), Counter()
+    vocabulary = [f"{colour} {kind}" for colour in COLOURS for kind in KINDS]
+    for scene in benchmark_scenes(n, seed, crowded=True):
+        present = sorted({o["phrase"] for o in scene["objects"]})
+        others = rng.sample([p for p in vocabulary if p not in present and p not in scene["categories"]], absent)
+        asked = present + others
+        rng.shuffle(asked)
+        result = model.detect(scene["image"], asked)
+        labels, boxes = list(result.labels), [list(map(float, b)) for b in result.boxes]
+        counts["unrelated asked"] += absent
+        counts["unrelated boxed"] += len(set(labels) & set(others))
+        for shape in scene["objects"]:
+            counts["shapes"] += 1
+            counts["found"] += any(label == shape["phrase"] and box_iou([box], [shape["bbox"]])[0][0] >= 0.5
+                                   for label, box in zip(labels, boxes))
+    shares = {"unrelated boxed": counts["unrelated boxed"] / max(counts["unrelated asked"], 1),
+              "shapes found": counts["found"] / max(counts["shapes"], 1)}
+    print(f"  {absent} unrelated absent phrases: {shares['unrelated boxed']:.3f} of them boxed, "
+          f"{shares['shapes found']:.3f} of the shapes found ({n} scenes)")
+    return shares
+
+
 def probe_presence(model, n: int, seed: int) -> dict[str, float]:
     """The share of the own phrase and of an absent colour look-alike that get a box, alone and in one list
     (``model``: anything with RexOmni's ``detect``)."""
@@ -417,7 +451,11 @@ def main() -> None:
     misses = sub.add_parser("misses", help="where the held-out benchmark's referring answers go")
     misses.add_argument("predictions", help="referring.jsonl from rexomni eval's predictions folder")
     misses.add_argument("--benchmark", default="eval/benchmarks/synth_heldout.yaml")
-    for p in (tokens, tower, names, presence, decisions, misses):
+    lists = sub.add_parser("lists", help="category lists with unrelated absent phrases: how many get a box")
+    lists.add_argument("model", help="a checkpoint folder or short name")
+    lists.add_argument("--scenes", type=int, default=48)
+    lists.add_argument("--absent", type=int, nargs="+", default=[0, 4, 8], help="unrelated phrases per list")
+    for p in (tokens, tower, names, presence, decisions, misses, lists):
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -426,6 +464,12 @@ def main() -> None:
         probe_tokens(args.models, args.scenes, args.seed)
     elif args.probe == "names":
         probe_names(args.predictions, args.benchmark, args.dataset)
+    elif args.probe == "lists":
+        from rexomni.api import RexOmni
+
+        model = RexOmni.from_pretrained(args.model, device="cpu")
+        for absent in args.absent:
+            probe_lists(model, args.scenes, absent, args.seed)
     elif args.probe == "misses":
         probe_misses(args.predictions, args.benchmark)
     elif args.probe == "presence":

@@ -132,6 +132,27 @@ def test_presence_counts_each_phrase_alone_and_in_a_list_in_both_orders(capsys):
     assert "boxed, over 6 scenes" in capsys.readouterr().out
 
 
+class _BoxesEveryPhraseOnTheFirstShape:
+    """A fake model that boxes every asked phrase on the scene's first shape (found by its phrase)."""
+
+    def __init__(self, scenes):
+        self.first = {id(s["image"]): s["objects"][0]["bbox"] for s in scenes}
+
+    def detect(self, image, phrases):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(labels=list(phrases), boxes=[self.first[id(image)]] * len(phrases))
+
+
+def test_lists_count_unrelated_phrases_boxed_and_shapes_found(monkeypatch, capsys):
+    scenes = probe_vision.benchmark_scenes(4, 3, crowded=True)
+    monkeypatch.setattr(probe_vision, "benchmark_scenes", lambda n, seed, crowded: scenes)
+    shares = probe_vision.probe_lists(_BoxesEveryPhraseOnTheFirstShape(scenes), 4, absent=5, seed=3)
+    assert shares["unrelated boxed"] == 1.0
+    assert shares["shapes found"] == len(scenes) / sum(len(s["objects"]) for s in scenes) < 1  # the first ones
+    assert "5 unrelated absent phrases: 1.000 of them boxed" in capsys.readouterr().out
+
+
 def test_decisions_split_phrases_by_sort_and_mass_none_is_a_subset_of_argmax_none(tiny_rexomni, tmp_path):
     import json
 
