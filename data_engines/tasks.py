@@ -37,8 +37,8 @@ _ANSWER_ORDER = ("the order of the answer's groups: asked (the prompt's), or pos
                  "then reads the next shape and names it, instead of searching the image for each phrase")
 _LISTS = {"absent_only": _ABSENT_ONLY, "answer_order": _ANSWER_ORDER}
 _LOOK_ALIKE = ("the share of examples that ask a phrase with a look-alike in the image (another object whose phrase "
-               "differs in one word: 'blue circle' beside 'pink circle'), when the image has one: asked a phrase "
-               "drawn at random, a model can pass most examples by kind alone and never learns to bind the colour")
+               "differs in one word: 'blue circle' beside 'pink circle'), when the image has one; the rest draw a "
+               "phrase at random (docs/recipe.md, run 49: more of them did not teach the synthetic model colour)")
 TASK_OPTIONS = {"detect_all": {"granularity": f"how shapes are named: one of {list(GRANULARITIES)}"},
                 "grounding": _LISTS, "pointing": _LISTS, "referring": {"look_alike": _LOOK_ALIKE}}
 
