@@ -55,10 +55,15 @@ def run_command(name: str, parser: ConfigParser, load_recipe, argv: list[str] | 
 def _end_process_group() -> None:
     """Close a distributed run's process group before the interpreter exits: left to the exit, its threads
     can be torn down under it and abort a rank that has already finished ("terminate called without an
-    active exception"), failing the launcher."""
+    active exception"), failing the launcher. The finished trainer is collected first: its DDP reducer sits
+    in reference cycles, and freed only at exit it would release gloo work and tensors without a live
+    interpreter; the likely cause of the same abort, seen twice in one CI run after the group was destroyed."""
+    import gc
+
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
