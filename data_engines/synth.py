@@ -18,6 +18,7 @@ Objects never overlap, so every mask is the visible object and every point lies 
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import random
@@ -82,7 +83,8 @@ def generate_scene(seed_or_rng: int | random.Random | None = None, size: int | S
                    granularity: str | None = None, negative_prob: float = 0.0,
                    distractors: bool | None = None, held_out: int | Sequence[int] = 0,
                    held_out_kinds: Sequence[str] = OOD_KINDS, masks: bool = True,
-                   absent_change: Sequence[str] | None = None) -> tuple[Image.Image, dict]:
+                   absent_change: Sequence[str] | None = None,
+                   unrelated_absent: int = 0) -> tuple[Image.Image, dict]:
     """Draw one scene; returns ``(image, sample)``. Same seed, same scene.
 
     ``granularity`` (shapes/single) names objects by ``kind``, ``color kind`` or ``size color kind``
@@ -101,12 +103,17 @@ def generate_scene(seed_or_rng: int | random.Random | None = None, size: int | S
     the objects with a hard distractor: the same kind in another colour or the same colour in another kind.
     ``absent_change`` (shapes/single) names the attributes an absent look-alike may differ in (default:
     every one the granularity names): ``["color"]`` asks lists that only colour decides.
+    ``unrelated_absent`` (shapes/single) adds that many absent phrases drawn from the whole vocabulary
+    (the training kinds and colours at the scene's granularity) to the look-alikes: a detector is
+    asked long category lists, most of whose phrases name nothing like what the image shows.
     """
     unknown = [k for k in list(kinds) + list(held_out_kinds) if k not in _SHAPES]
     if unknown:
         raise ValueError(f"unknown shape kinds {unknown}; known: {sorted(_SHAPES)}")
     if absent_change is not None and (not absent_change or not set(absent_change) <= {"kind", "color", "size"}):
         raise ValueError(f"absent_change must name attributes among ['kind', 'color', 'size'], got {absent_change!r}")
+    if not isinstance(unrelated_absent, int) or unrelated_absent < 0:
+        raise ValueError(f"unrelated_absent must be a count of phrases (an int >= 0), got {unrelated_absent!r}")
     if sizes is not None and (not sizes or any(s not in SIZES for s in sizes)):
         raise ValueError(f"sizes must name size classes among {list(SIZES)}, got {list(sizes)}")
     sizes = tuple(sizes or SIZES)
@@ -118,14 +125,14 @@ def generate_scene(seed_or_rng: int | random.Random | None = None, size: int | S
         scene.held_out_shapes(held_out_kinds, colors, held_out, sizes, textures=False)
         granularity = granularity or "color kind"
         sample = scene.shape_sample(granularity, referring=False, negative_prob=negative_prob,
-                                    absent_change=absent_change)
+                                    absent_change=absent_change, unrelated_absent=unrelated_absent)
     elif mode == "shapes":
         scene.shapes(kinds, colors, num_objects or (2, 8), textures=True, sizes=sizes,
                      distractors=distractors is not False)
         scene.held_out_shapes(held_out_kinds, colors, held_out, sizes, textures=True)
         granularity = granularity or rng.choice(("kind", "color kind", "color kind", "size color kind"))
         sample = scene.shape_sample(granularity, referring=True, negative_prob=negative_prob,
-                                    absent_change=absent_change)
+                                    absent_change=absent_change, unrelated_absent=unrelated_absent)
     elif mode == "ocr":
         sample = scene.words(num_objects or (2, 6))
     elif mode == "keypoints":
@@ -372,7 +379,7 @@ class _Scene:
         return shape_phrase(attrs, granularity)
 
     def shape_sample(self, granularity: str, referring: bool, negative_prob: float = 0.0,
-                     absent_change: Sequence[str] | None = None) -> dict:
+                     absent_change: Sequence[str] | None = None, unrelated_absent: int = 0) -> dict:
         rng = self.rng
         objects = []
         for p in self.placed:
@@ -383,7 +390,11 @@ class _Scene:
         present = sorted({o["phrase"] for o in objects})
         held = [{"phrase": self._name(p.attributes, granularity), "bbox": p.box, "attributes": dict(p.attributes)}
                 for p in self.held_out]
-        absent = [c for c in self._absent(granularity, present, absent_change) if c not in {h["phrase"] for h in held}]
+        held_phrases = {h["phrase"] for h in held}
+        absent = [c for c in self._absent(granularity, present, absent_change) if c not in held_phrases]
+        if unrelated_absent:
+            pool = sorted(set(vocabulary(granularity)) - set(present) - set(absent) - held_phrases)
+            absent += rng.sample(pool, min(unrelated_absent, len(pool)))
         sample: dict = {"objects": objects, "categories": sorted(set(present) | set(absent))}
         if held:
             sample["held_out"] = held
@@ -561,6 +572,13 @@ def shape_phrase(attributes: dict, granularity: str) -> str:
     if granularity not in GRANULARITIES:
         raise ValueError(f"unknown granularity {granularity!r}; expected one of {list(GRANULARITIES)}")
     return " ".join(attributes[k] for k in GRANULARITIES[granularity])
+
+
+def vocabulary(granularity: str) -> list[str]:
+    """Every phrase of the training kinds at a granularity ("circle", ..., "large cyan ring")."""
+    values = {"kind": TRAIN_KINDS, "color": tuple(COLORS), "size": tuple(SIZES)}
+    keys = GRANULARITIES[granularity]
+    return [" ".join(combo) for combo in itertools.product(*(values[k] for k in keys))]
 
 
 def _related(box: list[float], anchor: list[float], axis: int, sign: int) -> bool:

@@ -43,7 +43,7 @@ TASK_OPTIONS = {"detect_all": {"granularity": f"how shapes are named: one of {li
                 "grounding": _LISTS, "pointing": _LISTS, "referring": {"look_alike": _LOOK_ALIKE}}
 
 MAX_PHRASES = 4   # positive phrases asked at most in one grounding / pointing example
-MAX_ABSENT = 4    # verified-absent phrases asked at most (answered None)
+MAX_ABSENT = 8    # verified-absent phrases asked at most (answered None); look-alikes and unrelated ones
 # The share of grounding / pointing examples that ask the sample's whole list (every present phrase and
 # every verified-absent one, up to the limits above): a detector is used with the full category list,
 # and a model that never saw long lists answered None to all of them.

@@ -10,9 +10,11 @@ from rexomni.data_engines.synth import (
     MODES,
     OOD_KINDS,
     RELATIONS,
+    SIZES,
     TRAIN_KINDS,
     background_of,
     generate_scene,
+    vocabulary,
 )
 
 
@@ -87,6 +89,22 @@ def test_absent_change_keeps_the_other_attributes_of_a_present_shape():
     assert seen >= 20
     with pytest.raises(ValueError, match="absent_change"):
         generate_scene(0, 160, "single", absent_change=["shade"])
+
+
+def test_unrelated_absent_adds_vocabulary_phrases_absent_from_the_scene():
+    """``unrelated_absent=4`` keeps the scene and its look-alikes and adds four phrases of the vocabulary
+    that name nothing in it (nor a held-out shape); a count that is not one is refused."""
+    for seed in range(10):
+        kwargs = dict(granularity="color kind", num_objects=(1, 4), distractors=True, held_out=1)
+        image, plain = generate_scene(seed, 160, "single", **kwargs)
+        image_more, more = generate_scene(seed, 160, "single", unrelated_absent=4, **kwargs)
+        assert image.tobytes() == image_more.tobytes() and more["objects"] == plain["objects"]
+        drawn = {o["phrase"] for o in more["objects"]} | {h["phrase"] for h in more.get("held_out", [])}
+        added = set(more["categories"]) - set(plain["categories"])
+        assert len(added) == 4 and not added & drawn and added <= set(vocabulary("color kind"))
+    assert len(vocabulary("size color kind")) == len(SIZES) * len(COLORS) * len(TRAIN_KINDS)
+    with pytest.raises(ValueError, match="unrelated_absent"):
+        generate_scene(0, 160, "single", unrelated_absent=-1)
 
 
 def _box_of_description(sample, desc):
