@@ -29,7 +29,7 @@ STAGES = [
                  "--preset", "tiny"], 3000),
     ("stage 1", ["sft", "--config", "sft/configs/synth-stage1.yaml", "--preset", "null",
                  "--model_name_or_path", "{warmup}"], 3000),
-    ("stage 2", ["sft", "--config", "sft/configs/synth-stage2.yaml", "--model_name_or_path", "{model}"], 9000),
+    ("stage 2", ["sft", "--config", "sft/configs/synth-stage2.yaml", "--model_name_or_path", "{model}"], 13000),
     ("stage 3", ["sft", "--config", "sft/configs/synth-stage3.yaml", "--model_name_or_path", "{model}"], 6000),
     ("stage 4", ["sft", "--config", "sft/configs/synth-stage4.yaml", "--model_name_or_path", "{model}"], 7000),
 ]

@@ -5,9 +5,9 @@
 #
 #   bash scripts/train_default.sh [OUT]        # OUT: runs/rexomni-synth; OUT/stage4 is the model
 #
-# About 1 h 51 min on a 2-core machine of its own, two threads (python bench/bench_path.py times each
-# stage here); the stages took 2 h 54 min on one shared with other runs (docs/recipe.md, runs 16, 18, 36,
-# 46 and 47). OMP_NUM_THREADS=1 leaves the other core free, at some cost in time. From stage 2 on the stage
+# About 2 h 8 min on a 2-core machine of its own, two threads (python bench/bench_path.py times each
+# stage here); the stages took 3 h 21 min on one shared with other runs (docs/recipe.md, runs 16, 18, 36,
+# 46, 47 and 50). OMP_NUM_THREADS=1 leaves the other core free, at some cost in time. From stage 2 on the stage
 # configs keep the naming loss on (colour and kind stay in the image tokens), group batches by length and
 # answer category lists in reading order.
 # GRPO (grpo/configs/synth-detect.yaml) is not a stage: after this stage 4 it loosened the boxes and
@@ -33,10 +33,11 @@ done_ "$out/stage1" || rexomni sft --config $configs/synth-stage1.yaml --preset 
 echo "== 3/6 grow to 4 language layers; the new ones start as zero-output copies"
 done_ "$out/stage1-grown4" || rexomni model grow "$out/stage1" --out "$out/stage1-grown4"
 
-echo "== 4/6 stage 2: one to four shapes with look-alikes; referring, grounding, pointing (9,000 steps)"
-# Stopped where the shipped model's stage 2 stopped, the cosine still spanning the config's 40,000 steps.
+echo "== 4/6 stage 2: one to four shapes with look-alikes; referring, grounding, pointing (13,000 steps)"
+# Stopped where the shipped model's stage 2 stopped, the cosine still spanning the config's 40,000 steps
+# (stopped at 9,000, run 47 ended with looser boxes: detection F1@0.95 29.5 against 43.7).
 done_ "$out/stage2" || rexomni sft --config $configs/synth-stage2.yaml --model_name_or_path "$out/stage1-grown4" \
-    --output_dir "$out/stage2" --stop_at_step 9000
+    --output_dir "$out/stage2" --stop_at_step 13000
 
 echo "== 5/6 stage 3: the same scenes asked as a detector is used, plus detect_all (6,000 steps)"
 done_ "$out/stage3" || rexomni sft --config $configs/synth-stage3.yaml --model_name_or_path "$out/stage2" \
