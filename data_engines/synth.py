@@ -84,7 +84,7 @@ def generate_scene(seed_or_rng: int | random.Random | None = None, size: int | S
                    distractors: bool | None = None, held_out: int | Sequence[int] = 0,
                    held_out_kinds: Sequence[str] = OOD_KINDS, masks: bool = True,
                    absent_change: Sequence[str] | None = None,
-                   unrelated_absent: int = 0) -> tuple[Image.Image, dict]:
+                   unrelated_absent: int | Sequence[int] = 0) -> tuple[Image.Image, dict]:
     """Draw one scene; returns ``(image, sample)``. Same seed, same scene.
 
     ``granularity`` (shapes/single) names objects by ``kind``, ``color kind`` or ``size color kind``
@@ -103,17 +103,17 @@ def generate_scene(seed_or_rng: int | random.Random | None = None, size: int | S
     the objects with a hard distractor: the same kind in another colour or the same colour in another kind.
     ``absent_change`` (shapes/single) names the attributes an absent look-alike may differ in (default:
     every one the granularity names): ``["color"]`` asks lists that only colour decides.
-    ``unrelated_absent`` (shapes/single) adds that many absent phrases drawn from the whole vocabulary
-    (the training kinds and colours at the scene's granularity) to the look-alikes: a detector is
-    asked long category lists, most of whose phrases name nothing like what the image shows.
+    ``unrelated_absent`` (shapes/single, a count or a (min, max) range drawn per scene) adds that many
+    absent phrases drawn from the whole vocabulary (the training kinds and colours at the scene's
+    granularity) to the look-alikes: a detector is asked long category lists, most of whose phrases
+    name nothing like what the image shows; a range from 0 keeps short lists in the mix.
     """
     unknown = [k for k in list(kinds) + list(held_out_kinds) if k not in _SHAPES]
     if unknown:
         raise ValueError(f"unknown shape kinds {unknown}; known: {sorted(_SHAPES)}")
     if absent_change is not None and (not absent_change or not set(absent_change) <= {"kind", "color", "size"}):
         raise ValueError(f"absent_change must name attributes among ['kind', 'color', 'size'], got {absent_change!r}")
-    if not isinstance(unrelated_absent, int) or unrelated_absent < 0:
-        raise ValueError(f"unrelated_absent must be a count of phrases (an int >= 0), got {unrelated_absent!r}")
+    unrelated_absent = _count_range("unrelated_absent", unrelated_absent)
     if sizes is not None and (not sizes or any(s not in SIZES for s in sizes)):
         raise ValueError(f"sizes must name size classes among {list(SIZES)}, got {list(sizes)}")
     sizes = tuple(sizes or SIZES)
@@ -367,7 +367,7 @@ class _Scene:
     def held_out_shapes(self, kinds, colors, count: int | Sequence[int], sizes, textures: bool) -> None:
         """``count`` (or a (min, max) range) shapes of ``kinds`` in free spots, kept out of the objects."""
         rng = self.rng
-        low, high = (count, count) if isinstance(count, int) else tuple(count)
+        low, high = _count_range("held_out", count)
         for _ in range(rng.randint(low, high) if high else 0):
             texture = rng.choice(TEXTURES) if textures and rng.random() < 0.4 else "plain"
             self._shape(rng.choice(kinds), rng.choice(self._contrasting(colors)), rng.choice(sizes), texture,
@@ -379,7 +379,8 @@ class _Scene:
         return shape_phrase(attrs, granularity)
 
     def shape_sample(self, granularity: str, referring: bool, negative_prob: float = 0.0,
-                     absent_change: Sequence[str] | None = None, unrelated_absent: int = 0) -> dict:
+                     absent_change: Sequence[str] | None = None,
+                     unrelated_absent: tuple[int, int] = (0, 0)) -> dict:
         rng = self.rng
         objects = []
         for p in self.placed:
@@ -392,9 +393,11 @@ class _Scene:
                 for p in self.held_out]
         held_phrases = {h["phrase"] for h in held}
         absent = [c for c in self._absent(granularity, present, absent_change) if c not in held_phrases]
-        if unrelated_absent:
+        low, high = unrelated_absent
+        if high:
+            count = low if low == high else rng.randint(low, high)
             pool = sorted(set(vocabulary(granularity)) - set(present) - set(absent) - held_phrases)
-            absent += rng.sample(pool, min(unrelated_absent, len(pool)))
+            absent += rng.sample(pool, min(count, len(pool)))
         sample: dict = {"objects": objects, "categories": sorted(set(present) | set(absent))}
         if held:
             sample["held_out"] = held
@@ -572,6 +575,14 @@ def shape_phrase(attributes: dict, granularity: str) -> str:
     if granularity not in GRANULARITIES:
         raise ValueError(f"unknown granularity {granularity!r}; expected one of {list(GRANULARITIES)}")
     return " ".join(attributes[k] for k in GRANULARITIES[granularity])
+
+
+def _count_range(name: str, value) -> tuple[int, int]:
+    """A count, or a (min, max) range of counts, as a (low, high) pair; anything else is refused."""
+    pair = (value, value) if isinstance(value, int) else tuple(value) if isinstance(value, (list, tuple)) else ()
+    if len(pair) != 2 or not all(isinstance(v, int) and v >= 0 for v in pair) or pair[0] > pair[1]:
+        raise ValueError(f"{name} must be a count (an int >= 0) or a [min, max] range of counts, got {value!r}")
+    return pair
 
 
 def vocabulary(granularity: str) -> list[str]:

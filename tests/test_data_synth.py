@@ -93,7 +93,8 @@ def test_absent_change_keeps_the_other_attributes_of_a_present_shape():
 
 def test_unrelated_absent_adds_vocabulary_phrases_absent_from_the_scene():
     """``unrelated_absent=4`` keeps the scene and its look-alikes and adds four phrases of the vocabulary
-    that name nothing in it (nor a held-out shape); a count that is not one is refused."""
+    that name nothing in it (nor a held-out shape); a [min, max] range is drawn per scene; anything else
+    is refused."""
     for seed in range(10):
         kwargs = dict(granularity="color kind", num_objects=(1, 4), distractors=True, held_out=1)
         image, plain = generate_scene(seed, 160, "single", **kwargs)
@@ -103,8 +104,13 @@ def test_unrelated_absent_adds_vocabulary_phrases_absent_from_the_scene():
         added = set(more["categories"]) - set(plain["categories"])
         assert len(added) == 4 and not added & drawn and added <= set(vocabulary("color kind"))
     assert len(vocabulary("size color kind")) == len(SIZES) * len(COLORS) * len(TRAIN_KINDS)
-    with pytest.raises(ValueError, match="unrelated_absent"):
-        generate_scene(0, 160, "single", unrelated_absent=-1)
+    counts = {len(generate_scene(seed, 160, "single", unrelated_absent=[0, 2], granularity="color kind")[1]
+                  ["categories"]) - len(generate_scene(seed, 160, "single", granularity="color kind")[1]["categories"])
+              for seed in range(30)}
+    assert counts == {0, 1, 2}  # a range is drawn per scene
+    for bad in (-1, [3, 1], [1, 2, 3], "4"):
+        with pytest.raises(ValueError, match="unrelated_absent"):
+            generate_scene(0, 160, "single", unrelated_absent=bad)
 
 
 def _box_of_description(sample, desc):
