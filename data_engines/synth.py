@@ -395,7 +395,7 @@ class _Scene:
         absent = [c for c in self._absent(granularity, present, absent_change) if c not in held_phrases]
         low, high = unrelated_absent
         if high:
-            count = low if low == high else rng.randint(low, high)
+            count = low if low == high else rng.randint(low, high)  # a fixed count keeps run 51's scenes
             pool = sorted(set(vocabulary(granularity)) - set(present) - set(absent) - held_phrases)
             absent += rng.sample(pool, min(count, len(pool)))
         sample: dict = {"objects": objects, "categories": sorted(set(present) | set(absent))}
