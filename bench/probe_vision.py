@@ -60,7 +60,7 @@ from collections import Counter
 
 import torch
 import torch.nn.functional as F
-from rexomni.data_engines.synth import COLORS
+from rexomni.data_engines.synth import COLORS, vocabulary
 from rexomni.data_engines.synth import TRAIN_KINDS as KINDS
 from rexomni.sft.recognition import IGNORE, centre_cell, token_targets
 
@@ -300,10 +300,10 @@ def probe_lists(model, n: int, absent: int, seed: int) -> dict[str, float]:
     from rexomni.eval.boxes import box_iou
 
     rng, counts = random.Random(seed), Counter()
-    vocabulary = [f"{colour} {kind}" for colour in COLOURS for kind in KINDS]
     for scene in benchmark_scenes(n, seed, crowded=True):
         present = sorted({o["phrase"] for o in scene["objects"]})
-        others = rng.sample([p for p in vocabulary if p not in present and p not in scene["categories"]], absent)
+        unrelated = [p for p in vocabulary("color kind") if p not in present and p not in scene["categories"]]
+        others = rng.sample(unrelated, absent)
         asked = present + others
         rng.shuffle(asked)
         result = model.detect(scene["image"], asked)
