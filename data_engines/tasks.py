@@ -35,7 +35,10 @@ ANSWER_ORDERS = ("asked", "position")
 _ANSWER_ORDER = ("the order of the answer's groups: asked (the prompt's), or position (the present phrases by "
                  "their first object, left to right as detect_all writes them, then the absent ones): the model "
                  "then reads the next shape and names it, instead of searching the image for each phrase")
-_LISTS = {"absent_only": _ABSENT_ONLY, "answer_order": _ANSWER_ORDER}
+_PRESENT_ONLY = ("the share of examples that ask present phrases only, none absent: users often name only what "
+                 "they see, and a model whose lists always held absent look-alikes learns to expect them and "
+                 "answers None to the last present phrases")
+_LISTS = {"absent_only": _ABSENT_ONLY, "present_only": _PRESENT_ONLY, "answer_order": _ANSWER_ORDER}
 _LOOK_ALIKE = ("the share of examples that ask a phrase with a look-alike in the image (another object whose phrase "
                "differs in one word: 'blue circle' beside 'pink circle'), when the image has one; the rest draw a "
                "phrase at random (docs/recipe.md, run 49: more of them did not teach the synthetic model colour)")
@@ -74,7 +77,7 @@ def check_options(task: str, options: dict) -> dict:
     granularity = options.get("granularity")
     if granularity is not None and granularity not in GRANULARITIES:
         raise ValueError(f"task {task!r}: granularity must be one of {list(GRANULARITIES)}, got {granularity!r}")
-    for share in ("absent_only", "look_alike"):
+    for share in ("absent_only", "present_only", "look_alike"):
         value = options.get(share, 0.0)
         if not (isinstance(value, (int, float)) and 0 <= value <= 1):
             raise ValueError(f"task {task!r}: {share} must be a share between 0 and 1, got {value!r}")
@@ -118,7 +121,7 @@ class _Context:
     def draw_phrases(self, present: list[str]) -> list[str]:
         """1..MAX_PHRASES present phrases plus 0..MAX_ABSENT verified-absent ones, shuffled; the most of
         both with probability FULL_LIST_PROB; with probability ``absent_only`` (a task option) no present
-        phrase at all."""
+        phrase at all, with probability ``present_only`` no absent one."""
         rng = self.rng
         full_list = rng.random() < FULL_LIST_PROB
 
@@ -131,6 +134,9 @@ class _Context:
         absent_only = self.options.get("absent_only", 0.0)
         if absent and absent_only and rng.random() < absent_only:
             present = []
+        present_only = self.options.get("present_only", 0.0)
+        if present and present_only and rng.random() < present_only:
+            absent = []
         asked = rng.sample(present, how_many(present, 1, MAX_PHRASES)) if present else []
         if absent:
             asked += rng.sample(absent, how_many(absent, 0 if asked else 1, MAX_ABSENT))

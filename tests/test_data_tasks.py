@@ -72,6 +72,27 @@ def test_absent_only_asks_requests_whose_every_phrase_is_answered_none(task):
 
 
 @pytest.mark.parametrize("task", ["grounding", "pointing"])
+def test_present_only_asks_requests_without_absent_phrases(task):
+    """By default most requests of a scene with look-alikes ask some of them; ``present_only`` is the
+    share that asks none, and every phrase it asks is answered."""
+    def none_absent(options, seeds=range(60)):
+        count = 0
+        for seed in seeds:
+            _, sample = generate_scene(seed, 224, "single", num_objects=(1, 4), distractors=True)
+            ex = build_example(sample, task, seed, options=options)
+            answered = {t["phrase"] for t in ex["targets"]}
+            count += answered == set(ex["phrases"])
+        return count
+
+    default = none_absent({})
+    assert default <= 30
+    assert default + 10 <= none_absent({"present_only": 0.5}) < 60
+    assert none_absent({"present_only": 1.0}) == 60
+    with pytest.raises(ValueError, match="present_only"):
+        build_example(generate_scene(0, 224)[1], task, 0, options={"present_only": -0.1})
+
+
+@pytest.mark.parametrize("task", ["grounding", "pointing"])
 def test_answer_order_position_writes_present_groups_left_to_right_then_the_absent_ones(task):
     """The same request and targets either way; only the order of the groups changes."""
     reordered = 0
