@@ -43,7 +43,8 @@
 - ``misses``: where referring answers go. Reads the held-out benchmark's referring predictions and
   sorts each phrase's top box: on its own shape (IoU >= 0.5), on another shape of the same kind, of
   the same colour, or of neither, near its own shape (IoU 0.3-0.5), nowhere, or no box; then the
-  accuracy by the number of shapes in the scene.
+  accuracy by the number of shapes in the scene, and with or without another shape of its kind beside
+  it (near a half there, the model picks the kind and not the colour).
 - ``lists``: category lists as a detector is used with one fixed vocabulary. Each crowded scene of the
   benchmark's family is asked its own phrases plus ``--absent`` phrases of the 8 x 11 vocabulary that are
   neither in it nor its look-alikes (training asks look-alikes only): the share of those unrelated
@@ -248,8 +249,9 @@ def probe_names(predictions: str, benchmark: str, dataset: str) -> None:
     print("  most written kinds for another:", ", ".join(f"{k} ({n})" for k, n in confusions.most_common(6)))
 
 
-def referring_misses(predictions: str, benchmark: str, dataset: str = "referring") -> tuple[Counter, dict]:
-    """Each asked shape's top box, sorted by where it landed; and accuracy by the scene's shape count."""
+def referring_misses(predictions: str, benchmark: str, dataset: str = "referring") -> tuple[Counter, dict, dict]:
+    """Each asked shape's top box, sorted by where it landed; accuracy by the scene's shape count, and
+    by whether another shape of its kind is in the scene."""
     from rexomni.eval.boxes import box_iou
     from rexomni.eval.runner import BenchmarkSpec, synth_samples
 
@@ -257,6 +259,7 @@ def referring_misses(predictions: str, benchmark: str, dataset: str = "referring
     with open(predictions, encoding="utf-8") as f:
         answers = {row["key"]: row for row in map(json.loads, f)}
     where, right, asked = Counter(), Counter(), Counter()
+    kinds = Counter()  # phrases asked (and answered right) with another shape of their kind beside them, or not
     for scene in synth_samples(spec.synth):
         shapes = scene["objects"]
         for i, shape in enumerate(shapes):
@@ -265,6 +268,8 @@ def referring_misses(predictions: str, benchmark: str, dataset: str = "referring
             if answer is None:
                 continue
             asked[len(shapes)] += 1
+            beside = "with" if sum(s["attributes"]["kind"] == own["kind"] for s in shapes) > 1 else "without"
+            kinds[beside] += 1
             if not answer["boxes"]:
                 where["no box"] += 1
                 continue
@@ -275,21 +280,25 @@ def referring_misses(predictions: str, benchmark: str, dataset: str = "referring
             if ious[i] >= 0.5:
                 where["own shape"] += 1
                 right[len(shapes)] += 1
+                kinds[f"{beside} right"] += 1
             elif ious.max() >= 0.5:
                 same = "kind" if hit["kind"] == own["kind"] else "colour" if hit["color"] == own["color"] else None
                 where[f"another shape, same {same}" if same else "another shape, neither"] += 1
             else:
                 where["near its own shape (IoU 0.3-0.5)" if ious[i] >= 0.3 else "nowhere"] += 1
-    return where, {n: right[n] / asked[n] for n in sorted(asked)}
+    by_kind = {beside: kinds[f"{beside} right"] / kinds[beside] for beside in ("with", "without") if kinds[beside]}
+    return where, {n: right[n] / asked[n] for n in sorted(asked)}, by_kind
 
 
 def probe_misses(predictions: str, benchmark: str) -> None:
-    where, by_count = referring_misses(predictions, benchmark)
+    where, by_count, by_kind = referring_misses(predictions, benchmark)
     total = max(sum(where.values()), 1)
     print(f"{predictions}: the top box of {total} referring phrases")
     for key, n in where.most_common():
         print(f"  {key:36s} {n / total:.3f}")
     print("  accuracy by shapes in the scene: " + ", ".join(f"{n}: {acc:.2f}" for n, acc in by_count.items()))
+    print("  accuracy with another shape of its kind in the scene: "
+          + ", ".join(f"{beside}: {acc:.2f}" for beside, acc in by_kind.items()))
 
 
 def probe_lists(model, n: int, absent: int, seed: int) -> dict[str, float]:

@@ -73,18 +73,23 @@ def test_misses_sort_each_referring_top_box_by_the_shape_it_lands_on(tmp_path, m
     scenes = dict(mode="single", size=224, sizes=["large"], num_objects=[2, 2], distractors=False, n=2, seed=7)
     (tmp_path / "spec.yaml").write_text(json.dumps({"datasets": [{"name": "referring", "task": "referring",
                                                                    "synth": scenes}]}))
-    rows = []
+    rows, same_kind = [], []
     for scene in synth_samples(scenes):
         first, second = scene["objects"]
+        same_kind.append(first["attributes"]["kind"] == second["attributes"]["kind"])
         for shape, box in ((first, second["bbox"]), (second, second["bbox"])):  # the first asked misses
             phrase = f"{shape['attributes']['color']} {shape['attributes']['kind']}"
             # A low-scored decoy first: the top box is the one with the highest score.
             rows.append(json.dumps({"key": f"{scene['key']}#{phrase}", "boxes": [[0, 0, 1, 1], box],
                                     "scores": [0.1, 0.9]}))
     (tmp_path / "referring.jsonl").write_text("\n".join(rows))
-    where, by_count = probe_vision.referring_misses(str(tmp_path / "referring.jsonl"), str(tmp_path / "spec.yaml"))
+    where, by_count, by_kind = probe_vision.referring_misses(str(tmp_path / "referring.jsonl"),
+                                                            str(tmp_path / "spec.yaml"))
     assert where["own shape"] == 2 and sum(where.values()) == 4
     assert by_count == {2: 0.5}
+    # Each scene's phrases are right once in two, whether its two shapes share a kind or not.
+    assert by_kind == {beside: 0.5 for beside in ("with", "without")
+                       if (beside == "with") in same_kind}
     monkeypatch.setattr(sys, "argv", ["probe_vision.py", "misses", str(tmp_path / "referring.jsonl"),
                                       "--benchmark", str(tmp_path / "spec.yaml")])
     probe_vision.main()
