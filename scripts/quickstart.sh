@@ -26,7 +26,7 @@ PY
 rexomni detect "$out"/unseen/images/*.png --categories "$(cat "$out/unseen/categories.txt")" \
     --out "$out/unseen.jsonl" --draw "$out/drawn"
 
-echo "== 4/4 the held-out benchmark, its first 64 scenes per task (detection, referring, pointing)"
+echo "== 4/4 the held-out benchmark, its first 64 scenes per task (detection, referring, pointing; pointing asked category lists)"
 rexomni eval --benchmark eval/benchmarks/synth_heldout.yaml --limit 64 --out "$out/eval" --quiet > /dev/null
 
 echo

@@ -5,11 +5,11 @@
 #
 #   bash scripts/train_default.sh [OUT]        # OUT: runs/rexomni-synth; OUT/stage4 is the model
 #
-# About 2 h 8 min on a 2-core machine of its own, two threads (python bench/bench_path.py times each
-# stage here); the stages took 3 h 21 min on one shared with other runs (docs/recipe.md, runs 16, 18, 36,
-# 46, 47 and 50). OMP_NUM_THREADS=1 leaves the other core free, at some cost in time. From stage 2 on the stage
-# configs keep the naming loss on (colour and kind stay in the image tokens), group batches by length and
-# answer category lists in reading order.
+# About 2 h 9 min on a 2-core machine of its own, two threads (python bench/bench_path.py times each
+# stage here); the stages took 3 h 37 min on one shared with other runs (docs/recipe.md, runs 16, 18, 36,
+# 46, 47, 50 and 53; run 53 changed stage 4 only). OMP_NUM_THREADS=1 leaves the other core free, at some
+# cost in time. From stage 2 on the stage configs keep the naming loss on (colour and kind stay in the
+# image tokens), group batches by length and answer category lists in reading order.
 # GRPO (grpo/configs/synth-detect.yaml) is not a stage: after this stage 4 it loosened the boxes and
 # found no more (run 46).
 set -euo pipefail
@@ -43,7 +43,7 @@ echo "== 5/6 stage 3: the same scenes asked as a detector is used, plus detect_a
 done_ "$out/stage3" || rexomni sft --config $configs/synth-stage3.yaml --model_name_or_path "$out/stage2" \
     --output_dir "$out/stage3" --max_steps 6000
 
-echo "== 6/6 stage 4: stage 3's data with more grounding, a fresh cosine (7,000 steps)"
+echo "== 6/6 stage 4: stage 3's data with more grounding, present-only and long lists, a fresh cosine (7,000 steps)"
 done_ "$out/stage4" || rexomni sft --config $configs/synth-stage4.yaml --model_name_or_path "$out/stage3" \
     --output_dir "$out/stage4"
 
