@@ -178,6 +178,20 @@ class SFTConfig(TrainingArguments):
     naming_scenes: dict = field(default_factory=lambda: dict(
         mode="single", size=224, sizes=["medium", "large"], num_objects=[1, 4], distractors=True), metadata={
         "help": "generate_scene options of the naming loss's scenes (mode single or shapes)."})
+    search_loss_weight: float = _help("> 0: add the search loss (sft/search.py) with this weight: each step also asks "
+                                      "search_batch_size fresh scenes a referring question about a shape with a "
+                                      "look-alike, and at the answer's first <|box_start|> the attention of "
+                                      "search_layers must fall on the asked shape's image tokens. 0: off.", 0.0)
+    search_batch_size: int = _help("Scenes drawn per step for the search loss.", 8)
+    search_layers: list[int] = field(default_factory=lambda: [-2, -1], metadata={
+        "help": "Language-model layers whose attention (mean over heads) the search loss trains; negative "
+                "indices count from the last."})
+    search_tasks: list[str] = field(default_factory=lambda: ["referring"], metadata={
+        "help": "What the search loss asks, one drawn per scene: referring (a shape with a look-alike in the scene "
+                "whenever it has one), grounding, pointing (category lists in reading order: every box is a query)."})
+    search_scenes: dict = field(default_factory=lambda: dict(
+        mode="single", size=224, sizes=["medium", "large"], num_objects=[1, 4], distractors=True), metadata={
+        "help": "generate_scene options of the search loss's scenes (mode single or shapes)."})
 
     model_args: ModelArguments | None = field(default=None, init=False, repr=False)
 
@@ -193,11 +207,15 @@ class SFTConfig(TrainingArguments):
             raise ValueError("config: need soft_label_sigma >= 0 and 0 <= soft_label_weight <= 1")
         if isinstance(self.naming_scenes, str):
             self.naming_scenes = yaml.safe_load(self.naming_scenes)
+        if isinstance(self.search_scenes, str):
+            self.search_scenes = yaml.safe_load(self.search_scenes)
         if self.group_by_length and (self.dataloader_num_workers or self.length_group_window < 1):
             raise ValueError("config: group_by_length needs dataloader_num_workers 0 (a worker would encode a whole "
                              "window for each batch it loads) and length_group_window >= 1")
         if self.naming_loss_weight < 0 or self.naming_batch_size < 1:
             raise ValueError("config: need naming_loss_weight >= 0 and naming_batch_size >= 1")
+        if self.search_loss_weight < 0 or self.search_batch_size < 1:
+            raise ValueError("config: need search_loss_weight >= 0 and search_batch_size >= 1")
         if self.negative_hinge_weight < 0 or self.negative_hinge_eta < 0 or self.negative_hinge_max_negatives < 1:
             raise ValueError("config: need negative_hinge_weight >= 0, negative_hinge_eta >= 0 and "
                              "negative_hinge_max_negatives >= 1")

@@ -93,7 +93,7 @@ class RexOmniSFTTrainer(RexOmniTrainerMixin, Trainer):
         self.bundle = bundle
         self.lm_loss = CausalLMLoss(bundle.coord_ids, self.args.soft_label_sigma, self.args.soft_label_weight)
         self.extra_losses = [fn for fn in (load_extra_loss(self.args.extra_loss), self._hinge_loss(bundle),
-                                           self._naming_loss(bundle)) if fn]
+                                           self._naming_loss(bundle), self._search_loss(bundle)) if fn]
         self._tokens, self._last_log_time, self._extra_logs = 0, None, {}
 
     @property
@@ -117,6 +117,18 @@ class RexOmniSFTTrainer(RexOmniTrainerMixin, Trainer):
         return NamingLoss(bundle.model, bundle.processor.tokenizer, bundle.processor.image_processor,
                           weight=args.naming_loss_weight, scenes=args.naming_scenes, attributes=args.naming_attributes,
                           batch_size=args.naming_batch_size, seed=args.seed, step=lambda: self.state.global_step)
+
+    def _search_loss(self, bundle: ModelBundle):
+        if not self.args.search_loss_weight:
+            return None
+        from .search import SearchLoss
+
+        args = self.args
+        encoder = ExampleEncoder(bundle.processor, args.system_prompt, args.max_length)
+        return SearchLoss(bundle.model, encoder, bundle.coord_ids, weight=args.search_loss_weight,
+                          scenes=args.search_scenes, batch_size=args.search_batch_size, layers=args.search_layers,
+                          seed=args.seed, step=lambda: self.state.global_step, codec=bundle.settings.coord_codec,
+                          tasks=args.search_tasks)
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
         """The loss's divisor: under ``group_by_length`` the expected labelled tokens of the batches (their
@@ -404,7 +416,10 @@ def plan(config: SFTConfig) -> str:
            if config.negative_hinge_weight else "")
         + (f" + naming ({', '.join(config.naming_attributes)} at each shape's image token, weight "
            f"{config.naming_loss_weight:g}, {config.naming_batch_size} scenes per step)"
-           if config.naming_loss_weight else ""),
+           if config.naming_loss_weight else "")
+        + (f" + search (attention of layers {config.search_layers} on the asked shape, weight "
+           f"{config.search_loss_weight:g}, {config.search_batch_size} scenes per step)"
+           if config.search_loss_weight else ""),
         f"lora           {f'r={model_args.lora_r} alpha={model_args.lora_alpha}' if model_args.uses_lora else 'off'}"
         + lora_note,
         "parameters     part      total          trainable   frozen",
