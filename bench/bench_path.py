@@ -5,7 +5,7 @@
 Each training stage of the path runs for ``--steps`` steps, as the script runs it (same config, same
 flags), into a scratch folder, one stage at a time; its steps/s times the stage's steps in the path
 gives the stage's minutes. The warm-up starts from random weights and stage 1 from that warm-up's
-output; stages 2-4 start from ``--model`` (default: the shipped model, which has their shape). Not
+output; stages 2-5 start from ``--model`` (default: the shipped model, which has their shape). Not
 counted: the held-out evaluations inside the stages and process start-ups (about 3 minutes in all).
 Run it on an otherwise idle machine: a second job on the cores slows every stage (docs/recipe.md lists
 both kinds of numbers).
@@ -32,6 +32,7 @@ STAGES = [
     ("stage 2", ["sft", "--config", "sft/configs/synth-stage2.yaml", "--model_name_or_path", "{model}"], 13000),
     ("stage 3", ["sft", "--config", "sft/configs/synth-stage3.yaml", "--model_name_or_path", "{model}"], 6000),
     ("stage 4", ["sft", "--config", "sft/configs/synth-stage4.yaml", "--model_name_or_path", "{model}"], 7000),
+    ("stage 5", ["sft", "--config", "sft/configs/synth-stage5-search.yaml", "--model_name_or_path", "{model}"], 3000),
 ]
 
 
@@ -61,7 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=400, help="steps each stage runs here")
     parser.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of each stage")
-    parser.add_argument("--model", default="rexomni-synth", help="start of stages 2-4 (4 language layers)")
+    parser.add_argument("--model", default="rexomni-synth", help="start of stages 2-5 (4 language layers)")
     args = parser.parse_args()
 
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}

@@ -7,6 +7,7 @@
     python bench/probe_vision.py decisions MODEL [--scenes 64] [--predictions detection.jsonl]
     python bench/probe_vision.py misses runs/eval/NAME/predictions/referring.jsonl
     python bench/probe_vision.py lists MODEL [--scenes 48] [--absent 0 4 8]
+    python bench/probe_vision.py attention MODEL [MODEL ...] [--scenes 60]
     (each: [--seed 0] [--threads N])
 
 - ``tokens``: a linear probe. Each model reads one-shape scenes of the synthetic benchmark's family
@@ -49,6 +50,11 @@
   benchmark's family is asked its own phrases plus ``--absent`` phrases of the 8 x 11 vocabulary that are
   neither in it nor its look-alikes (training asks look-alikes only): the share of those unrelated
   phrases that get a box, and the share of shapes found (a box with their phrase at IoU >= 0.5).
+- ``attention``: where the model looks when it starts a box. Referring requests of the search loss's
+  stream (sft/search.py) whose scene holds another shape of the asked phrase's kind: per language
+  layer, the share of the image attention (mean over heads) at the answer's first ``<|box_start|>``
+  that falls on the asked shape's tokens and on the look-alike's (tokens of both excluded). A model
+  that searches by kind alone shares it evenly.
 """
 
 from __future__ import annotations
@@ -427,6 +433,50 @@ def probe_decisions(model, n: int, predictions: str | None) -> None:
             print(f"  {key:40s} {share:.2f}")
 
 
+def probe_attention(path: str, n: int, seed: int) -> dict[str, list[float]]:
+    from rexomni.sft.data import ExampleEncoder
+    from rexomni.sft.search import SearchLoss, covered_cells
+
+    from rexomni.api import RexOmni
+
+    model = RexOmni.from_pretrained(path, device="cpu")
+    tokenizer = model.processor.tokenizer
+    coord_ids = [tokenizer.convert_tokens_to_ids(f"<{i}>") for i in range(model.settings.num_bins)]
+    encoder = ExampleEncoder(model.processor, None, 512)
+    scenes = dict(SCENES, num_objects=[1, 4], distractors=True)
+    stream = SearchLoss(model.model, encoder, coord_ids, weight=1.0, scenes=scenes, batch_size=1, layers=[0],
+                        seed=seed, step=lambda: 0)
+    depth = model.model.config.text_config.num_hidden_layers
+    own, other, asked = torch.zeros(depth), torch.zeros(depth), 0
+    for index in range(50 * n):
+        if asked == n:
+            break
+        example, sample = stream.example(index)
+        phrase = example["phrases"][0]
+        kind = phrase.split()[-1]
+        alike = [o["bbox"] for o in sample["objects"] if o["phrase"] != phrase and o["phrase"].split()[-1] == kind]
+        item, [(query, cells)] = stream.request(index)
+        grid = item["image_grid_thw"]
+        alike_cells = covered_cells(alike, sample["image"].size, int(grid[1]) // 2, int(grid[2]) // 2) & ~cells
+        if not alike_cells.any():
+            continue
+        batch = {k: v for k, v in stream.collate([item]).items() if k != "labels"}
+        with torch.no_grad():
+            attentions = model.model(**batch, output_attentions=True, logits_to_keep=1).attentions
+        image = batch["input_ids"][0] == encoder.image_token_id
+        for layer in range(depth):
+            on_image = attentions[layer][0, :, query, image].mean(0)
+            on_image = on_image / on_image.sum()
+            own[layer] += on_image[cells].sum()
+            other[layer] += on_image[alike_cells].sum()
+        asked += 1
+    result = {"asked shape": (own / max(asked, 1)).tolist(), "look-alike": (other / max(asked, 1)).tolist()}
+    print(f"{path}: image attention at the first box's start, {asked} requests with a look-alike of the same kind")
+    for name, shares in result.items():
+        print(f"  {name:12s} " + "  ".join(f"layer {i}: {v:.2f}" for i, v in enumerate(shares)))
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="probe", required=True)
@@ -464,7 +514,10 @@ def main() -> None:
     lists.add_argument("model", help="a checkpoint folder or short name")
     lists.add_argument("--scenes", type=int, default=48)
     lists.add_argument("--absent", type=int, nargs="+", default=[0, 4, 8], help="unrelated phrases per list")
-    for p in (tokens, tower, names, presence, decisions, misses, lists):
+    attention = sub.add_parser("attention", help="attention at a box's start: the asked shape or its look-alike")
+    attention.add_argument("models", nargs="+", help="checkpoint folders or short names")
+    attention.add_argument("--scenes", type=int, default=60)
+    for p in (tokens, tower, names, presence, decisions, misses, lists, attention):
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -479,6 +532,9 @@ def main() -> None:
         model = RexOmni.from_pretrained(args.model, device="cpu")
         for absent in args.absent:
             probe_lists(model, args.scenes, absent, args.seed)
+    elif args.probe == "attention":
+        for path in args.models:
+            probe_attention(path, args.scenes, args.seed)
     elif args.probe == "misses":
         probe_misses(args.predictions, args.benchmark)
     elif args.probe == "presence":

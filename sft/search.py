@@ -80,14 +80,19 @@ class SearchLoss:
         # the language model reads the text config's setting, the output check the model's.
         model.config.text_config._attn_implementation = model.config._attn_implementation = "eager"
 
-    def request(self, index: int) -> tuple[dict, list[tuple[int, torch.Tensor]]]:
-        """Scene ``index`` of this run's stream: its encoded request, and per query (each answer's
-        ``<|box_start|>`` before a coordinate) its position and the image tokens its phrase's shapes cover."""
+    def example(self, index: int) -> tuple[dict, dict]:
+        """Scene ``index`` of this run's stream: its request (a data-engine example) and the scene's sample."""
         rng = random.Random(f"search:{self.seed}:{index}")
         image, sample = generate_scene(rng.getrandbits(63), masks=False, **self.scenes)
         sample["image"] = image
         task = rng.choice(self.tasks)
-        example = build_example(sample, task, rng, self.codec, paraphrase=False, options=TASK_OPTIONS[task])
+        return build_example(sample, task, rng, self.codec, paraphrase=False, options=TASK_OPTIONS[task]), sample
+
+    def request(self, index: int) -> tuple[dict, list[tuple[int, torch.Tensor]]]:
+        """Scene ``index``'s request encoded, and per query (each answer's ``<|box_start|>`` before a
+        coordinate) its position and the image tokens its phrase's shapes cover."""
+        example, sample = self.example(index)
+        image = sample["image"]
         item = self.encoder.encode(example)
         grid, merge = item["image_grid_thw"], self.encoder.merge_size
         ids = item["input_ids"]

@@ -17,7 +17,7 @@ spec.loader.exec_module(bench_path)
 
 def test_the_stages_and_their_steps_are_those_of_train_default():
     script = (ROOT / "scripts" / "train_default.sh").read_text()
-    announced = [int(n.replace(",", "")) for n in re.findall(r"== \d/6 .*\(([\d,]+) steps\)", script)]
+    announced = [int(n.replace(",", "")) for n in re.findall(r"== \d/7 .*\(([\d,]+) steps\)", script)]
     assert announced == [steps for _, _, steps in bench_path.STAGES]
     for _, args, _ in bench_path.STAGES:
         assert pathlib.Path(args[args.index("--config") + 1]).name in script

@@ -176,3 +176,12 @@ def test_decisions_split_phrases_by_sort_and_mass_none_is_a_subset_of_argmax_non
     assert shares and all(v == 1.0 for v in shares.values())
     assert any("after a same-kind box" in k for k in shares) == any(
         len({p.partition(" ")[2] for p in s["categories"]}) < len(s["categories"]) for s in scenes)
+
+
+def test_attention_shares_image_attention_between_the_asked_shape_and_its_look_alike(tiny_checkpoint, capsys):
+    shares = probe_vision.probe_attention(tiny_checkpoint, 3, 0)
+    assert set(shares) == {"asked shape", "look-alike"}
+    for layer_own, layer_other in zip(shares["asked shape"], shares["look-alike"]):
+        # Disjoint tokens of one distribution: each share and their sum lie in [0, 1], and some lands on each.
+        assert 0 < layer_own < 1 and 0 < layer_other < 1 and layer_own + layer_other <= 1 + 1e-6
+    assert "3 requests with a look-alike" in capsys.readouterr().out

@@ -190,4 +190,4 @@ def test_default_model_script_stages_parse_and_chain(tmp_path, capsys, monkeypat
         written.add(flags.get("--output_dir", flags.get("--out")))
         if argv[0] in ("sft", "warmup", "grpo"):
             assert main([*argv, "--shape_preset", "tiny", "--dry-run"]) == 0, command
-    assert len(stages) == 6 and "steps" in capsys.readouterr().out
+    assert len(stages) == 7 and "steps" in capsys.readouterr().out
