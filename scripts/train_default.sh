@@ -6,8 +6,9 @@
 #   bash scripts/train_default.sh [OUT]        # OUT: runs/rexomni-synth; OUT/stage5 is the model
 #
 # About 2 h 29 min on a 2-core machine of its own, two threads (python bench/bench_path.py times stages
-# 1-4 here; stage 5 is about 20 min more); the stages took 3 h 59 min on one shared with other runs
-# (docs/recipe.md, runs 16, 18, 36, 46, 47, 50, 53 and 57; run 53 changed stage 4, run 57 added stage 5). OMP_NUM_THREADS=1 leaves the other core free, at some
+# 1-4 here; stage 5 is about 20 min more); the stages took 4 h 2 min on one shared with other runs
+# (docs/recipe.md, runs 16, 18, 36, 46, 47, 50, 53 and 59; run 53 changed stage 4, runs 57-59 added
+# stage 5). OMP_NUM_THREADS=1 leaves the other core free, at some
 # cost in time. From stage 2 on the stage configs keep the naming loss on (colour and kind stay in the
 # image tokens), group batches by length and answer category lists in reading order.
 # GRPO (grpo/configs/synth-detect.yaml) is not a stage: after this stage 4 it loosened the boxes and
