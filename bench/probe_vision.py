@@ -435,7 +435,7 @@ def probe_decisions(model, n: int, predictions: str | None) -> None:
 
 def probe_attention(path: str, n: int, seed: int) -> dict[str, list[float]]:
     from rexomni.sft.data import ExampleEncoder
-    from rexomni.sft.search import SearchLoss, covered_cells
+    from rexomni.sft.search import SearchLoss, covered_cells, image_attention
 
     from rexomni.api import RexOmni
 
@@ -457,7 +457,8 @@ def probe_attention(path: str, n: int, seed: int) -> dict[str, list[float]]:
         alike = [o["bbox"] for o in sample["objects"] if o["phrase"] != phrase and o["phrase"].split()[-1] == kind]
         item, [(query, cells)] = stream.request(index)
         grid = item["image_grid_thw"]
-        alike_cells = covered_cells(alike, sample["image"].size, int(grid[1]) // 2, int(grid[2]) // 2) & ~cells
+        merge = encoder.merge_size
+        alike_cells = covered_cells(alike, sample["image"].size, int(grid[1]) // merge, int(grid[2]) // merge) & ~cells
         if not alike_cells.any():
             continue
         batch = {k: v for k, v in stream.collate([item]).items() if k != "labels"}
@@ -465,8 +466,7 @@ def probe_attention(path: str, n: int, seed: int) -> dict[str, list[float]]:
             attentions = model.model(**batch, output_attentions=True, logits_to_keep=1).attentions
         image = batch["input_ids"][0] == encoder.image_token_id
         for layer in range(depth):
-            on_image = attentions[layer][0, :, query, image].mean(0)
-            on_image = on_image / on_image.sum()
+            on_image = image_attention(attentions, layer, 0, query, image)
             own[layer] += on_image[cells].sum()
             other[layer] += on_image[alike_cells].sum()
         asked += 1

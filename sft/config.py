@@ -179,13 +179,14 @@ class SFTConfig(TrainingArguments):
         mode="single", size=224, sizes=["medium", "large"], num_objects=[1, 4], distractors=True), metadata={
         "help": "generate_scene options of the naming loss's scenes (mode single or shapes)."})
     search_loss_weight: float = _help("> 0: add the search loss (sft/search.py) with this weight: each step also asks "
-                                      "search_batch_size fresh scenes a referring question about a shape with a "
-                                      "look-alike, and at the answer's first <|box_start|> the attention of "
-                                      "search_layers must fall on the asked shape's image tokens. 0: off.", 0.0)
+                                      "search_batch_size fresh scenes one of search_tasks, and at each box's "
+                                      "<|box_start|> the attention of search_layers must fall on the image tokens "
+                                      "of its phrase's shapes. 0: off.", 0.0)
     search_batch_size: int = _help("Scenes drawn per step for the search loss.", 8)
-    search_layers: list[int] = field(default_factory=lambda: [-2, -1], metadata={
+    search_layers: list[int] = field(default_factory=lambda: [1, 2], metadata={
         "help": "Language-model layers whose attention (mean over heads) the search loss trains; negative "
-                "indices count from the last."})
+                "indices count from the last. Default: the default model's (docs/recipe.md, runs 56-59; its "
+                "last layer's attention barely looks at shapes)."})
     search_tasks: list[str] = field(default_factory=lambda: ["referring"], metadata={
         "help": "What the search loss asks, one drawn per scene: referring (a shape with a look-alike in the scene "
                 "whenever it has one), grounding, pointing (category lists in reading order: every box is a query)."})

@@ -55,6 +55,13 @@ def covered_cells(boxes, image_size, rows: int, cols: int, min_share: float = 0.
     return covered.flatten()
 
 
+def image_attention(attentions, layer: int, row: int, query: int, image: torch.Tensor) -> torch.Tensor:
+    """Where ``query`` of batch row ``row`` looks among the image tokens (``image``, that row's mask) in
+    ``layer``: the attention averaged over heads, renormalised to sum to 1 over the image tokens."""
+    on_image = attentions[layer][row, :, query, image].float().mean(0)
+    return on_image / on_image.sum().clamp_min(1e-12)
+
+
 class SearchLoss:
     """The search loss as one of the SFT trainer's extra losses (see the module's docstring)."""
 
@@ -123,8 +130,7 @@ class SearchLoss:
         for row, (_, queries) in enumerate(requests):
             for query, cells in queries:
                 for layer in self.layers:
-                    on_image = attentions[layer][row, :, query, image[row]].float().mean(0)
-                    share = on_image[cells.to(device)].sum() / on_image.sum().clamp_min(1e-12)
+                    share = image_attention(attentions, layer, row, query, image[row])[cells.to(device)].sum()
                     losses.append(-torch.log(share.clamp_min(1e-6)))
         if not losses:  # every request answered None
             return attentions[0].sum() * 0.0, {}
